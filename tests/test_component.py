@@ -1,0 +1,207 @@
+"""spaCy's component battery for `bond_moe_ner` (after spacy/tests/pipeline/test_tagger.py)."""
+import numpy
+import pytest
+import spacy
+from spacy.language import Language
+from spacy.training import Example
+from spacy.util import load_model_from_path
+
+from spacy_bond_moe import BondMoENER
+from spacy_bond_moe.em import doc_key
+
+from .conftest import TRAIN_DATA, make_examples, trf_tok2vec_config
+
+CNN = {
+    "@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 32,
+    "depth": 2, "embed_size": 300, "window_size": 1, "maxout_pieces": 2, "subword_features": True,
+}
+
+
+def add_ner(nlp: Language, n_experts: int = 2, mode: str = "shared", **cfg) -> BondMoENER:
+    model = {"@architectures": "spacy-bond-moe.MoETagger.v1", "n_experts": n_experts,
+             "expert_mode": mode, "tok2vec": cfg.pop("tok2vec", CNN)}
+    return nlp.add_pipe("bond_moe_ner", config={"model": model, **cfg})
+
+
+def train_overfit(nlp: Language, ner: BondMoENER, n_steps: int = 60):
+    """Every text appears once per expert, so every expert learns every sentence."""
+    examples = make_examples(nlp, copies=ner.n_experts)
+    optimizer = nlp.initialize(lambda: examples)
+    ner._assignments = {doc_key(eg.reference): int(doc_key(eg.reference).split(":")[1])
+                        for eg in examples}
+    losses = {}
+    for _ in range(n_steps):
+        losses = {}
+        nlp.update(examples, sgd=optimizer, losses=losses)
+    return losses
+
+
+def ents(doc):
+    return [(e.start_char, e.end_char, e.label_) for e in doc.ents]
+
+
+@pytest.mark.parametrize("n_experts,mode", [(1, "shared"), (3, "shared"), (2, "separate")])
+def test_overfitting_IO(nlp, tmp_path, n_experts, mode):
+    ner = add_ner(nlp, n_experts, mode)
+    losses = train_overfit(nlp, ner)
+    assert losses["bond_moe_ner"] < 0.05
+    texts = [text for text, _ in TRAIN_DATA]
+    for text, gold in TRAIN_DATA:
+        assert ents(nlp(text)) == sorted(gold)
+    # Serialisation: identical predictions after a round trip.
+    nlp.to_disk(tmp_path)
+    nlp2 = load_model_from_path(tmp_path)
+    for text in texts:
+        doc1, doc2 = nlp(text), nlp2(text)
+        assert ents(doc1) == ents(doc2)
+        assert doc1.spans["bond_moe"].attrs["scores"] == pytest.approx(doc2.spans["bond_moe"].attrs["scores"])
+        assert doc1._.bond_moe_expert == doc2._.bond_moe_expert
+    # Batch == one by one.
+    batched = [ents(d) for d in nlp.pipe(texts, batch_size=3)]
+    assert batched == [ents(nlp(t)) for t in texts]
+    probs_batch = ner.predict([nlp.make_doc(t) for t in texts])
+    for text, p in zip(texts, probs_batch):
+        assert numpy.allclose(ner.predict([nlp.make_doc(text)])[0], p, atol=1e-5)
+
+
+def test_confidences_and_expert_extension(nlp):
+    ner = add_ner(nlp, 3)
+    train_overfit(nlp, ner)
+    doc = nlp("Mary met John in Rome .")
+    group = doc.spans["bond_moe"]
+    assert [(s.start, s.end, s.label_) for s in group] == [(e.start, e.end, e.label_) for e in doc.ents]
+    scores = group.attrs["scores"]
+    assert len(scores) == len(doc.ents) and all(0.5 < s <= 1.0 for s in scores)
+    assert doc._.bond_moe_expert in {0, 1, 2}
+
+
+def test_bytes_serialization(nlp):
+    ner = add_ner(nlp, 2)
+    train_overfit(nlp, ner, n_steps=20)
+    nlp2 = spacy.blank("en")
+    add_ner(nlp2, 2)
+    nlp2.from_bytes(nlp.to_bytes())
+    assert nlp2.get_pipe("bond_moe_ner").labels == ner.labels
+    for text, _ in TRAIN_DATA:
+        assert ents(nlp(text)) == ents(nlp2(text))
+
+
+def test_transformer_encoder_overfits_and_roundtrips(nlp, tmp_path, tiny_bert):
+    ner = add_ner(nlp, 2, tok2vec=trf_tok2vec_config(str(tiny_bert)))
+    examples = make_examples(nlp, copies=2)
+    optimizer = nlp.initialize(lambda: examples)
+    optimizer.learn_rate = 0.01
+    ner._assignments = {doc_key(eg.reference): int(doc_key(eg.reference).split(":")[1]) for eg in examples}
+    first = last = None
+    for i in range(40):
+        losses = {}
+        nlp.update(examples, sgd=optimizer, losses=losses)
+        first = losses["bond_moe_ner"] if first is None else first
+        last = losses["bond_moe_ner"]
+    assert last < first * 0.5
+    nlp.to_disk(tmp_path)
+    nlp2 = load_model_from_path(tmp_path)
+    for text, _ in TRAIN_DATA:
+        p1 = ner.predict([nlp.make_doc(text)])[0]
+        p2 = nlp2.get_pipe("bond_moe_ner").predict([nlp2.make_doc(text)])[0]
+        assert numpy.allclose(p1, p2, atol=1e-5)
+
+
+def test_n_process_2(nlp):
+    ner = add_ner(nlp, 2)
+    train_overfit(nlp, ner, n_steps=30)
+    texts = [text for text, _ in TRAIN_DATA] * 3
+    single = [ents(d) for d in nlp.pipe(texts)]
+    multi = [(ents(d), d._.bond_moe_expert) for d in nlp.pipe(texts, n_process=2, batch_size=2)]
+    assert [m[0] for m in multi] == single
+    assert all(m[1] is not None for m in multi)
+
+
+def test_empty_docs(nlp):
+    ner = add_ner(nlp, 2)
+    train_overfit(nlp, ner, n_steps=5)
+    doc = nlp("")
+    assert len(doc.ents) == 0 and doc._.bond_moe_expert is None
+    assert list(doc.spans["bond_moe"]) == []
+    docs = list(nlp.pipe(["", "Paris is big .", ""]))
+    assert len(docs[1]) == 4 and len(docs[0]) == 0
+    # Updates on empty docs are a no-op, not an error.
+    empty = Example(nlp.make_doc(""), nlp.make_doc(""))
+    assert nlp.update([empty], losses={})["bond_moe_ner"] == 0.0
+
+
+def test_no_labels_clear_error(nlp):
+    add_ner(nlp, 2)
+    examples = [Example(nlp.make_doc("no entities here"), nlp.make_doc("no entities here"))]
+    with pytest.raises(ValueError, match="no entity labels"):
+        nlp.initialize(lambda: examples)
+
+
+def test_labels_from_initialize_argument(nlp):
+    ner = add_ner(nlp, 2)
+    examples = make_examples(nlp)
+    nlp.initialize(lambda: examples)
+    assert ner.labels == ("LOC", "ORG", "PER")
+    nlp2 = spacy.blank("en")
+    ner2 = add_ner(nlp2, 2)
+    nlp2.config["initialize"]["components"]["bond_moe_ner"] = {"labels": ["PER", "MISC"]}
+    nlp2.initialize(lambda: examples)
+    assert ner2.labels == ("PER", "MISC")
+    assert ner2.tags == ["O", "B-PER", "I-PER", "B-MISC", "I-MISC"]
+
+
+def test_add_label_rules(nlp):
+    ner = add_ner(nlp, 2)
+    assert ner.add_label("PER") == 1 and ner.add_label("PER") == 0
+    with pytest.raises(ValueError):
+        ner.add_label(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must not contain"):
+        ner.add_label("B-X")
+    nlp.initialize(lambda: make_examples(nlp))
+    with pytest.raises(ValueError, match="initialized"):
+        ner.add_label("NEW")
+
+
+def test_missing_annotation_is_unsupervised(nlp):
+    """Tokens with missing NER annotation get no gradient; O tokens do."""
+    ner = add_ner(nlp, 1)
+    examples = make_examples(nlp)
+    nlp.initialize(lambda: examples)
+    ref = nlp.make_doc("Paris is big .")
+    ref.set_ents([ref.char_span(0, 5, label="LOC")], default="missing")
+    eg = Example(nlp.make_doc("Paris is big ."), ref)
+    (q, mask), = ner.targets([eg])
+    assert mask.tolist() == [True, False, False, False]
+    scores = ner.model.predict([eg.predicted])
+    _, grads = ner.get_loss([eg], scores)
+    assert numpy.abs(grads[0][1:]).sum() == 0 and numpy.abs(grads[0][0]).sum() > 0
+
+
+def test_update_routes_gradient_to_assigned_expert(nlp):
+    ner = add_ner(nlp, 3)
+    examples = make_examples(nlp)
+    nlp.initialize(lambda: examples)
+    for eg in examples:
+        ner._assignments[doc_key(eg.reference)] = 2
+    scores = ner.model.predict([eg.predicted for eg in examples])
+    _, grads = ner.get_loss(examples, scores)
+    for g in grads:
+        assert numpy.abs(g[:, :2]).sum() == 0 and numpy.abs(g[:, 2]).sum() > 0
+
+
+def test_bad_config_values(nlp):
+    with pytest.raises(ValueError, match="combine"):
+        add_ner(nlp, 2, combine="max")
+    with pytest.raises(ValueError, match="expert_mode"):
+        add_ner(spacy.blank("en"), 2, mode="both")
+    with pytest.raises(ValueError, match="n_experts"):
+        add_ner(spacy.blank("en"), 0)
+
+
+def test_scorer_reports_ner_prf(nlp):
+    ner = add_ner(nlp, 2)
+    train_overfit(nlp, ner)
+    examples = make_examples(nlp)
+    scores = nlp.evaluate(examples)
+    assert scores["ents_f"] == pytest.approx(1.0)
+    assert set(scores["ents_per_type"]) == {"LOC", "ORG", "PER"}
