@@ -46,7 +46,7 @@ setup(
             "spacy-bond-moe.ner_scorer.v1 = spacy_bond_moe.scorers:make_ner_scorer",
         ],
         "spacy_misc": [
-            "spacy-bond-moe.minilm_path.v1 = spacy_bond_moe.util:minilm_path_v1",
+            "spacy-bond-moe.transformer_name.v1 = spacy_bond_moe.util:transformer_name_v1",
         ],
     },
     classifiers=[

@@ -5,7 +5,7 @@ from .callbacks import create_em_schedule
 from .component import BondMoENER, install_extensions, make_bond_moe_ner
 from .loggers import bond_moe_console_logger_v1
 from .scorers import make_ner_scorer
-from .util import minilm_path_v1
+from .util import transformer_name_v1
 
 __all__ = [
     "__version__",
@@ -17,5 +17,5 @@ __all__ = [
     "create_em_schedule",
     "bond_moe_console_logger_v1",
     "make_ner_scorer",
-    "minilm_path_v1",
+    "transformer_name_v1",
 ]

