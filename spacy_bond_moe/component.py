@@ -397,25 +397,28 @@ class BondMoENER(TrainablePipe):
         )
 
     # ------------------------------------------------------------ EM + teacher
-    def _batched(
+    def _corpus_batches(
         self, examples: Iterable[Example], nlp: Optional[Language], batch_size: int
-    ) -> Iterator[List[Example]]:
+    ) -> Iterator[Tuple[List[str], List[Example]]]:
+        """Length-sorted batches (less encoder padding) of a corpus, one example per
+        document key, with upstream pipes applied to the predicted docs."""
         upstream = []
         if nlp is not None:
             for _, proc in nlp.pipeline:
                 if proc is self:
                     break
                 upstream.append(proc)
-        # Length-sorted batches: far less padding in the encoder.
-        iterator = iter(sorted(examples, key=lambda eg: len(eg.predicted)))
-        while True:
-            batch = list(islice(iterator, batch_size))
-            if not batch:
-                return
+        unique: Dict[str, Example] = {}
+        for eg in examples:
+            unique.setdefault(em.doc_key(eg.reference), eg)
+        items = sorted(unique.items(), key=lambda item: len(item[1].predicted))
+        for i in range(0, len(items), batch_size):
+            keys = [key for key, _ in items[i : i + batch_size]]
+            batch = [eg for _, eg in items[i : i + batch_size]]
             docs = [eg.predicted for eg in batch]
             for proc in upstream:
                 docs = list(proc.pipe(docs))
-            yield [Example(doc, eg.reference) for doc, eg in zip(docs, batch)]
+            yield keys, [Example(doc, eg.reference) for doc, eg in zip(docs, batch)]
 
     def expert_costs(
         self, examples: Iterable[Example], *, nlp: Optional[Language] = None, batch_size: int = 64
@@ -427,21 +430,14 @@ class BondMoENER(TrainablePipe):
         """
         keys: List[str] = []
         rows: List[numpy.ndarray] = []
-        seen = set()
-        for batch in self._batched(examples, nlp, batch_size):
-            batch = [eg for eg in batch if em.doc_key(eg.reference) not in seen]
-            if not batch:
-                continue
+        for batch_keys, batch in self._corpus_batches(examples, nlp, batch_size):
             probs = self.predict([eg.predicted for eg in batch])
-            for eg, p, (q, mask) in zip(batch, probs, self.targets(batch)):
-                key = em.doc_key(eg.reference)
-                seen.add(key)
+            for p, (q, mask) in zip(probs, self.targets(batch)):
                 p = self.model.ops.to_numpy(p)
                 nll = -(q[:, None, :] * numpy.log(p + 1e-12)).sum(axis=-1)  # (n, K)
                 n_kept = int(mask.sum())
-                cost = nll[mask].sum(axis=0) / n_kept if n_kept else numpy.zeros(self.n_experts)
-                keys.append(key)
-                rows.append(cost)
+                rows.append(nll[mask].sum(axis=0) / n_kept if n_kept else numpy.zeros(self.n_experts))
+            keys.extend(batch_keys)
         costs = numpy.asarray(rows, dtype="float64").reshape((len(rows), self.n_experts))
         return keys, costs
 
@@ -504,14 +500,9 @@ class BondMoENER(TrainablePipe):
             teacher_lib.refresh(self._teacher, self.model)
         keys: List[str] = []
         mixtures: List[numpy.ndarray] = []
-        seen = set()
-        for batch in self._batched(examples, nlp, batch_size):
-            batch = [eg for eg in batch if em.doc_key(eg.reference) not in seen]
-            for eg, mixture in zip(batch, self._teacher_mixtures([eg.predicted for eg in batch])):
-                key = em.doc_key(eg.reference)
-                seen.add(key)
-                keys.append(key)
-                mixtures.append(mixture)
+        for batch_keys, batch in self._corpus_batches(examples, nlp, batch_size):
+            keys.extend(batch_keys)
+            mixtures.extend(self._teacher_mixtures([eg.predicted for eg in batch]))
         n_tags = len(self.tags)
         all_tokens = numpy.concatenate(mixtures) if mixtures else numpy.zeros((0, n_tags))
         self._teacher_freq = teacher_lib.class_frequencies(all_tokens)
