@@ -205,3 +205,33 @@ def test_scorer_reports_ner_prf(nlp):
     scores = nlp.evaluate(examples)
     assert scores["ents_f"] == pytest.approx(1.0)
     assert set(scores["ents_per_type"]) == {"LOC", "ORG", "PER"}
+
+
+def test_o_drop_unsupervises_a_share_of_distant_o(nlp):
+    ner = add_ner(nlp, 1, o_drop=0.5)
+    examples = make_examples(nlp, copies=20)
+    nlp.initialize(lambda: examples)
+    kept_o = total_o = 0
+    for (q, mask), eg in zip(ner.targets(examples, train=True), examples):
+        is_o = q[:, 0] == 1.0
+        total_o += int(is_o.sum())
+        kept_o += int((is_o & mask).sum())
+        assert mask[~is_o].all()  # entity tokens are always supervised
+    assert 0.35 < kept_o / total_o < 0.65
+    assert all(m.all() for _, m in ner.targets(examples, train=False))  # E-step scoring: no drop
+
+
+def test_gce_only_on_distant_labels(nlp):
+    ner = add_ner(nlp, 1, gce_q=0.7)
+    examples = make_examples(nlp)
+    nlp.initialize(lambda: examples)
+    scores = ner.model.predict([eg.predicted for eg in examples])
+    loss_gce, _ = ner.get_loss(examples, scores)
+    ner.cfg["gce_q"] = 0.0
+    loss_ce, _ = ner.get_loss(examples, scores)
+    assert 0 < loss_gce < loss_ce  # (1 - p^q)/q < -log p
+    ner.cfg["gce_q"] = 0.7
+    ner.snapshot_teacher(examples, nlp=nlp, step=0)
+    teacher_loss, _ = ner.get_loss(examples, scores)
+    ner.cfg["gce_q"] = 0.0
+    assert ner.get_loss(examples, scores)[0] == pytest.approx(teacher_loss)  # soft CE with a teacher
