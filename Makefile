@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow clean
+.PHONY: install test test-slow demo clean
 
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,19 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest tests -q -m slow
+
+# The `all` workflow of project.yml with its defaults (webpage, minilm; ~30 min on 2 CPU cores):
+# fetch -> convert -> train -> evaluate -> package -> install -> smoke. Finished steps are skipped
+# on a second run. Offline: BOND_MOE_DATA_MIRROR=../shared/datasets make demo
+DEMO_METRICS := metrics/webpage-minilm.json
+
+demo: export HF_HUB_OFFLINE = 1
+demo: $(STAMP)
+	$(PY) -m weasel run all
+	@echo "== $(DEMO_METRICS)"
+	@$(PY) -c 'import json, sys; m = json.load(open(sys.argv[1])); print("split {split}: P {ents_p:.4f}  R {ents_r:.4f}  F {ents_f:.4f}".format(**m))' $(DEMO_METRICS)
+	@echo "== smoke test"
+	$(PY) -m weasel run smoke
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

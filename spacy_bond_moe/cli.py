@@ -2,8 +2,9 @@
 
 from enum import Enum
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
+import srsly
 import typer
 
 from .converters import (
@@ -13,6 +14,16 @@ from .converters import (
     convert_bond_dir,
     convert_roster_dir,
     detect_format,
+)
+from .fetch import (
+    DATASETS,
+    MIRROR_ENV,
+    MISSING,
+    FetchError,
+    fetch_files,
+    mirror_from_env,
+    select_files,
+    write_atomic,
 )
 
 app = typer.Typer(
@@ -75,3 +86,114 @@ def convert(
         raise typer.Exit(1)
     typer.echo(f"{name} ({fmt}) -> {out_dir}")
     typer.echo(_summary(results))
+
+
+@app.command()
+def fetch(
+    dest: Path = typer.Argument(..., help="Folder for the files (e.g. assets), same layout as the mirror."),
+    datasets: Optional[List[str]] = typer.Option(
+        None, "--dataset", "-d", help=f"Dataset to fetch (repeatable): {', '.join(DATASETS)}. Default: all."
+    ),
+) -> None:
+    """Download the benchmark files (or copy them from $BOND_MOE_DATA_MIRROR) and verify their MD5s."""
+    mirror = mirror_from_env()
+    try:
+        files = select_files(datasets)
+        source = f"the mirror {mirror} (${MIRROR_ENV})" if mirror else "commit-pinned GitHub URLs"
+        names = ", ".join(dict.fromkeys(f.dataset for f in files))
+        typer.echo(f"Fetching {len(files)} files ({names}) into {dest} from {source}")
+        results = fetch_files(files, dest, mirror, log=lambda line: typer.echo(f"  {line}"))
+    except FetchError as err:
+        typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    counts: Dict[str, int] = {}
+    for result in results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+    typer.echo("Summary: " + ", ".join(f"{n} {status}" for status, n in counts.items()))
+    for result in results:
+        if result.ok and result.status == MISSING:
+            typer.secho(f"Warning: {result.message()}", fg=typer.colors.YELLOW, err=True)
+    problems = [result for result in results if not result.ok]
+    for result in problems:
+        typer.secho(f"Error: {result.message()}", fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="Pipeline to evaluate: a path or an installed package name."),
+    corpus_dir: Path = typer.Argument(..., help="Folder with test.spacy and/or dev.spacy."),
+    output: Path = typer.Argument(..., help="JSON file for the scores (with the split used)."),
+    gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for CPU."),
+) -> None:
+    """Evaluate on CORPUS_DIR/test.spacy, or on dev.spacy when there is no test split."""
+    test_path, dev_path = corpus_dir / "test.spacy", corpus_dir / "dev.spacy"
+    if test_path.is_file():
+        split, data_path = "test", test_path
+    elif dev_path.is_file():
+        split, data_path = "dev", dev_path
+        typer.secho(
+            f"Warning: no test split ({test_path} not found): evaluating on the dev split, "
+            "which also selected the best model during training (optimistic scores)",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    else:
+        typer.secho(f"Error: neither {test_path} nor {dev_path} exists", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    from spacy.cli.evaluate import evaluate as spacy_evaluate
+
+    typer.echo(f"Evaluating {model} on the {split} split ({data_path})")
+    scores = spacy_evaluate(model, data_path, use_gpu=gpu_id, silent=False)
+    result: Dict[str, Any] = {"split": split, "data_path": str(data_path), "model": model, **scores}
+    write_atomic(output, srsly.json_dumps(result, indent=2).encode("utf8") + b"\n")
+    prf = " ".join(
+        f"{name} {scores[key]:.4f}"
+        for name, key in (("P", "ents_p"), ("R", "ents_r"), ("F", "ents_f"))
+        if isinstance(scores.get(key), (int, float))
+    )
+    typer.echo(f"{split} split: {prf or 'no NER scores'} -> {output}")
+
+
+def _spans_key(nlp: Any) -> str:
+    """The `spans_key` of the pipeline's `bond_moe_ner` component ("bond_moe" if none)."""
+    for name in nlp.pipe_names:
+        if nlp.get_pipe_meta(name).factory == "bond_moe_ner":
+            return nlp.get_pipe(name).cfg.get("spans_key", "bond_moe")
+    return "bond_moe"
+
+
+@app.command()
+def smoke(
+    model: str = typer.Argument(..., help="Installed package name (e.g. en_bond_moe) or a path."),
+    texts: List[str] = typer.Argument(..., help="Text(s) to annotate."),
+) -> None:
+    """Load a pipeline and print the entities, their confidences and the expert for each text."""
+    import spacy
+
+    from .component import EXPERT_EXTENSION
+
+    nlp = spacy.load(model)
+    meta = nlp.meta
+    typer.echo(f"{meta.get('lang')}_{meta.get('name')} {meta.get('version')} ({model}): {', '.join(nlp.pipe_names)}")
+    key = _spans_key(nlp)
+    for doc in nlp.pipe(texts):
+        typer.echo(f"Text: {doc.text}")
+        group = doc.spans[key] if key in doc.spans else None
+        if group is None:
+            typer.secho(
+                f"Warning: no doc.spans[{key!r}]: not a bond_moe_ner pipeline, no confidences",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+            pairs = [(ent, None) for ent in doc.ents]
+        else:
+            pairs = list(zip(group, group.attrs.get("scores", [None] * len(group))))
+        for span, score in pairs:
+            confidence = "n/a" if score is None else f"{score:.3f}"
+            typer.echo(f"  {span.text!r:30} {span.label_:8} confidence {confidence}")
+        if not pairs:
+            typer.echo("  (no entities)")
+        expert = doc._.get(EXPERT_EXTENSION) if doc.has_extension(EXPERT_EXTENSION) else None
+        typer.echo(f"  expert: {expert}")
