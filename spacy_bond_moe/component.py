@@ -63,6 +63,7 @@ def install_extensions() -> None:
         "soft_threshold": 0.9,
         "gce_q": 0.0,
         "o_drop": 0.0,
+        "head_lr_scale": 1.0,
         "scorer": {"@scorers": "spacy-bond-moe.ner_scorer.v1"},
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -82,6 +83,7 @@ def make_bond_moe_ner(
     soft_threshold: float,
     gce_q: float,
     o_drop: float,
+    head_lr_scale: float,
     scorer: Optional[Callable],
 ) -> "BondMoENER":
     """Create a BondMoENER component (see `BondMoENER` for the arguments)."""
@@ -100,6 +102,7 @@ def make_bond_moe_ner(
         soft_threshold=soft_threshold,
         gce_q=gce_q,
         o_drop=o_drop,
+        head_lr_scale=head_lr_scale,
         scorer=scorer,
     )
 
@@ -117,6 +120,8 @@ class BondMoENER(TrainablePipe):
         soft_threshold) or "hard" (argmax).
     gce_q (float): > 0 trains the distant labels with generalized cross-entropy.
     o_drop (float): Fraction of distant "O" tokens left unsupervised at each update.
+    head_lr_scale (float): Learning-rate multiplier of the expert heads relative to the
+        encoder (randomly initialised heads over a pretrained encoder learn faster).
     """
 
     def __init__(
@@ -136,6 +141,7 @@ class BondMoENER(TrainablePipe):
         soft_threshold: float = 0.9,
         gce_q: float = 0.0,
         o_drop: float = 0.0,
+        head_lr_scale: float = 1.0,
         scorer: Optional[Callable] = None,
     ) -> None:
         if combine not in COMBINE_MODES:
@@ -146,6 +152,8 @@ class BondMoENER(TrainablePipe):
             )
         if not 0.0 <= o_drop < 1.0:
             raise ValueError(f"[bond_moe_ner] o_drop must be in [0, 1), got {o_drop}")
+        if head_lr_scale <= 0:
+            raise ValueError(f"[bond_moe_ner] head_lr_scale must be > 0, got {head_lr_scale}")
         if not 0.0 <= gce_q <= 1.0:
             raise ValueError(f"[bond_moe_ner] gce_q must be in [0, 1], got {gce_q}")
         self.vocab = vocab
@@ -166,6 +174,7 @@ class BondMoENER(TrainablePipe):
             "soft_threshold": soft_threshold,
             "gce_q": gce_q,
             "o_drop": o_drop,
+            "head_lr_scale": head_lr_scale,
             "expert_prior": [1.0 / n_experts] * n_experts,
         }
         # Training-only state: never serialised.
@@ -318,6 +327,21 @@ class BondMoENER(TrainablePipe):
             self.finish_update(sgd)
         losses[self.name] += loss
         return losses
+
+    def finish_update(self, sgd: Optimizer) -> None:
+        """Apply the gradients; the expert heads' learning rate is scaled by
+        `head_lr_scale` (thinc's per-call `lr_scale`)."""
+        heads = {node.id for layer in self.model.walk() if layer.name == "expert_heads"
+                 for node in layer.walk()}
+        for node in self.model.walk():
+            for shim in node.shims:
+                shim.finish_update(sgd)
+            scale = self.cfg["head_lr_scale"] if node.id in heads else 1.0
+            for name in node.param_names:
+                if node.has_grad(name):
+                    param, _ = sgd((node.id, name), node.get_param(name), node.get_grad(name),
+                                   lr_scale=scale)
+                    node.set_param(name, param)
 
     def get_loss(
         self, examples: Iterable[Example], scores: List[Floats3d]

@@ -235,3 +235,21 @@ def test_gce_only_on_distant_labels(nlp):
     teacher_loss, _ = ner.get_loss(examples, scores)
     ner.cfg["gce_q"] = 0.0
     assert ner.get_loss(examples, scores)[0] == pytest.approx(teacher_loss)  # soft CE with a teacher
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_head_lr_scale(scale):
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    ner = add_ner(nlp, 2, head_lr_scale=scale)
+    examples = make_examples(nlp)
+    optimizer = nlp.initialize(lambda: examples)
+    heads = ner.model.get_ref("output_layer").layers[0]
+    embed = next(n for n in ner.model.walk() if n.name.startswith("hashembed"))
+    w_head, w_embed = heads.get_param("W").copy(), embed.get_param("E").copy()
+    nlp.update(examples, sgd=optimizer)
+    head_step = numpy.abs(heads.get_param("W") - w_head).max()
+    embed_step = numpy.abs(embed.get_param("E") - w_embed).max()
+    # Adam's first step moves each weight by about lr * lr_scale.
+    assert head_step == pytest.approx(optimizer.learn_rate * scale, rel=0.05)
+    assert embed_step == pytest.approx(optimizer.learn_rate, rel=0.05)
