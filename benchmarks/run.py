@@ -1,0 +1,533 @@
+"""Run one benchmark (dataset × system × seed), or the whole suite with ``--all``.
+
+Each run trains with ``python -m spacy train`` in a child process (output teed to
+``RUN_DIR/train.log``), evaluates ``model-best`` and ``model-last`` and writes ONE JSON to
+``RESULTS/<dataset>__<system>__seed<seed>.json`` (atomically). An existing JSON means the run
+is done and it is skipped (``--force`` reruns it). ``benchmarks/report.py`` turns the JSONs
+into ``benchmarks/RESULTS.md``.
+
+    python benchmarks/run.py --dataset webpage --system bond_moe --seed 0
+    python benchmarks/run.py --all                       # the suite, cheap runs first
+    python benchmarks/run.py --all --dataset webpage --dry-run
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH_SENTENCES = 16  # [training.batcher] size of every config: 16 sentences per step
+COMPONENT = "bond_moe_ner"
+TRAIN_LOG = "train_log.jsonl"
+EVENTS_LOG = "bond_moe_events.jsonl"  # written by spacy-bond-moe.ConsoleLogger.v1 (parses -o)
+STDOUT_LOG = "train.log"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """BOND's per-dataset schedule in optimizer steps of 16 sentences (algorithm.md §4)."""
+
+    steps_per_epoch: int
+    teacher_start: int
+    teacher_refresh: int
+    estep_every: int
+    self_training: str  # "soft" | "hard"
+    max_steps: int  # the step cap: the same for every system of a dataset (CPU budget, not BOND's)
+    eval_frequency: int
+
+
+# dataset: steps/epoch, teacher_start, teacher_refresh, estep_every, mode, max_steps cap, eval_frequency.
+# Wikigold's teacher_refresh is 175 instead of BOND's 700: with the 700-step cap BOND's value would
+# give a single teacher (at 350); 175 gives refreshes at 350/525/700.
+SCHEDULES: Dict[str, Schedule] = {
+    "webpage": Schedule(25, 300, 200, 25, "soft", 600, 50),
+    "wikigold": Schedule(72, 350, 175, 72, "soft", 700, 100),
+    "twitter": Schedule(150, 900, 300, 150, "hard", 1500, 100),
+    "conll03": Schedule(878, 900, 450, 878, "soft", 3000, 300),
+}
+
+# Where `python -m spacy_bond_moe convert` reads each dataset (relative to the data root).
+DATA_SOURCES: Dict[str, Tuple[str, str]] = {
+    "webpage": ("bond/webpage_distant", "bond"),
+    "wikigold": ("bond/wikigold_distant", "bond"),
+    "twitter": ("bond/twitter_distant", "bond"),
+    "conll03": ("roster/conll", "roster"),  # RoSTER text files: distant train, gold valid/test
+}
+
+
+@dataclass(frozen=True)
+class System:
+    """One benchmarked system: a config plus fixed overrides."""
+
+    name: str
+    config: str  # relative to the repository root
+    description: str
+    n_experts: Optional[int] = None  # None: not a bond_moe_ner config (no EM/teacher overrides)
+    fair: bool = True
+    self_training: bool = True
+
+
+# The systems. `wo_moe` (= K=1 with self-training; fairness is moot with one expert, and the E-step
+# callback skips K=1) is exactly the `bond` command, so only `bond` is run: `--system wo_moe` is an
+# alias for it and report.py fills Table II's "w/o MoE" row from the `bond` JSONs.
+SYSTEMS: Dict[str, System] = {
+    s.name: s
+    for s in (
+        System("spacy_ner", "configs/spacy_ner_minilm.cfg",
+               "spaCy transition-based `ner`, same MiniLM encoder, distant labels"),
+        System("bond", "configs/minilm.cfg",
+               "BOND re-implementation: MiniLM, K=1, self-training (= w/o MoE)", n_experts=1),
+        System("bond_moe", "configs/minilm.cfg",
+               "BOND-MoE: MiniLM, K=3, fair (Sinkhorn) E-step, self-training", n_experts=3),
+        System("wo_fair", "configs/minilm.cfg",
+               "BOND-MoE w/o fair assignment: K=3, argmax E-step, self-training", n_experts=3,
+               fair=False),
+        System("wo_self_training", "configs/minilm.cfg",
+               "BOND-MoE w/o self-training: K=3, fair, no teacher (teacher_start 0)", n_experts=3,
+               self_training=False),
+        System("bond_moe_cnn", "configs/cnn.cfg",
+               "BOND-MoE with the HashEmbedCNN encoder: K=3, fair, self-training", n_experts=3),
+    )
+}
+ALIASES: Dict[str, str] = {"wo_moe": "bond"}
+
+# --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
+# K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.
+ALL_DATASETS: Tuple[str, ...] = ("webpage", "wikigold", "twitter", "conll03")
+ALL_SEEDS: Tuple[int, ...] = (0, 1, 2)
+ALL_SYSTEMS: Tuple[str, ...] = (
+    "bond_moe_cnn", "spacy_ner", "wo_self_training", "bond", "bond_moe", "wo_fair",
+)
+ALL_ROWS: List[Tuple[str, str, int]] = [
+    (d, s, seed) for d in ALL_DATASETS for seed in ALL_SEEDS for s in ALL_SYSTEMS
+]
+
+
+class RunFailed(RuntimeError):
+    """The training child process (or the evaluation) failed."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that identifies one run and where it goes."""
+
+    dataset: str
+    system: str
+    seed: int
+    max_steps: int
+    eval_frequency: int
+    corpus_dir: Path
+    run_dir: Path
+    result_path: Path
+
+
+def resolve_system(name: str) -> str:
+    """The canonical system name (aliases such as ``wo_moe`` map to ``bond``)."""
+    name = ALIASES.get(name, name)
+    if name not in SYSTEMS:
+        known = ", ".join(list(SYSTEMS) + list(ALIASES))
+        raise ValueError(f"unknown system {name!r} (known: {known})")
+    return name
+
+
+def run_name(dataset: str, system: str, seed: int) -> str:
+    """``<dataset>__<system>__seed<seed>``: the stem of the result JSON and of the run folder."""
+    return f"{dataset}__{system}__seed{seed}"
+
+
+def make_spec(dataset: str, system: str, seed: int, results: Path, runs: Path,
+              corpus_root: Path, max_steps: Optional[int] = None) -> RunSpec:
+    """Resolve names, the step cap and the eval frequency (never above the cap) into a RunSpec."""
+    if dataset not in SCHEDULES:
+        raise ValueError(f"unknown dataset {dataset!r} (known: {', '.join(SCHEDULES)})")
+    system = resolve_system(system)
+    schedule = SCHEDULES[dataset]
+    cap = schedule.max_steps if max_steps is None else max_steps
+    if cap <= 0:
+        raise ValueError(f"--max-steps must be positive, got {cap}")
+    name = run_name(dataset, system, seed)
+    return RunSpec(dataset, system, seed, cap, min(schedule.eval_frequency, cap),
+                   corpus_root / dataset, runs / name, results / f"{name}.json")
+
+
+def build_overrides(spec: RunSpec) -> Dict[str, str]:
+    """The `spacy train` config overrides of a run (EM/teacher keys only for bond_moe_ner configs).
+
+    Paths are relative to the repository root (the child's working directory) when inside it.
+    """
+    system, schedule = SYSTEMS[spec.system], SCHEDULES[spec.dataset]
+    overrides: Dict[str, str] = {
+        "--paths.train": rel(spec.corpus_dir / "train.spacy"),
+        "--paths.dev": rel(spec.corpus_dir / "dev.spacy"),
+        "--system.seed": str(spec.seed),
+        "--training.max_steps": str(spec.max_steps),
+        "--training.eval_frequency": str(spec.eval_frequency),
+        "--training.logger.output_file": rel(spec.run_dir / TRAIN_LOG),
+    }
+    if system.n_experts is not None:
+        overrides.update({
+            f"--components.{COMPONENT}.model.n_experts": str(system.n_experts),
+            f"--components.{COMPONENT}.fair": "true" if system.fair else "false",
+            f"--components.{COMPONENT}.self_training": schedule.self_training,
+            "--training.before_update.estep_every": str(schedule.estep_every),
+            "--training.before_update.teacher_start":
+                str(schedule.teacher_start if system.self_training else 0),
+            "--training.before_update.teacher_refresh": str(schedule.teacher_refresh),
+        })
+    return overrides
+
+
+def build_command(spec: RunSpec, python: str = sys.executable) -> List[str]:
+    """The full `python -m spacy train` command line of a run."""
+    cmd = [python, "-m", "spacy", "train", SYSTEMS[spec.system].config, "-o", rel(spec.run_dir)]
+    for key, value in build_overrides(spec).items():
+        cmd += [key, value]
+    return cmd
+
+
+def child_env() -> Dict[str, str]:
+    """Environment of the training child: offline Hugging Face, unbuffered output."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def data_root() -> Path:
+    """Folder with bond/… and roster/…: $BOND_MOE_DATA_MIRROR, ../shared/datasets, or assets/."""
+    mirror = os.environ.get("BOND_MOE_DATA_MIRROR")
+    if mirror:
+        return Path(mirror)
+    shared = ROOT.parent / "shared" / "datasets"
+    return shared if shared.is_dir() else ROOT / "assets"
+
+
+def ensure_corpus(dataset: str, corpus_dir: Path) -> None:
+    """Convert the dataset with `python -m spacy_bond_moe convert` unless train/dev.spacy exist."""
+    if (corpus_dir / "train.spacy").is_file() and (corpus_dir / "dev.spacy").is_file():
+        return
+    rel, fmt = DATA_SOURCES[dataset]
+    src = data_root() / rel
+    cmd = [sys.executable, "-m", "spacy_bond_moe", "convert", str(src), str(corpus_dir),
+           "--format", fmt, "--dataset", dataset]
+    print(f"[bench] converting {dataset}: {shlex.join(cmd)}", flush=True)
+    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+        raise RunFailed(f"conversion of {dataset} from {src} failed")
+
+
+def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
+    """Write JSON to a temp file in the same folder, then os.replace it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf8")
+    os.replace(tmp, path)
+
+
+def rel(path: Path) -> str:
+    """A path relative to the repository root when inside it, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def git_info() -> Dict[str, Any]:
+    """HEAD commit and whether tracked files differ from it (benchmark outputs excluded)."""
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    excluded = [":!benchmarks/results", ":!benchmarks/RESULTS.md", ":!benchmarks/plots"]
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
+    files = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(files), "dirty_files": files}
+
+
+def machine_info() -> Dict[str, Any]:
+    """Cores, RAM, torch threads, CPU model, load average and niceness of this machine/process."""
+    import torch
+
+    ram_gb: Optional[float] = None
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_gb = round(int(line.split()[1]) / 1024 ** 2, 1)
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "ram_gb": ram_gb,
+        "torch_threads": torch.get_num_threads(),  # this process; the child has the same defaults
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "nice": os.nice(0),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def package_versions() -> Dict[str, Optional[str]]:
+    """Versions of the packages that determine the numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: Dict[str, Optional[str]] = {}
+    for name in ("spacy", "spacy-transformers", "transformers", "torch", "thinc", "spacy-bond-moe"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def train_subprocess(cmd: Sequence[str], log_path: Path) -> Tuple[int, float, float]:
+    """Run `cmd`, tee stdout+stderr to the console and `log_path`.
+
+    Returns (exit code, wall seconds, peak RSS of the child in MB, from os.wait4's rusage).
+    """
+    start = time.monotonic()
+    with log_path.open("w", encoding="utf8") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        proc = subprocess.Popen(list(cmd), cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            log.write(line)
+            log.flush()
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (Linux: KB)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - start
+    return proc.returncode, wall, usage.ru_maxrss / 1024.0
+
+
+def read_jsonl(path: Path) -> List[Dict[str, Any]]:
+    """The records of a JSON-lines file ([] if it does not exist)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf8").splitlines() if line.strip()]
+
+
+def dev_curve(train_log: Path) -> List[Dict[str, Any]]:
+    """Dev scores per evaluation from spaCy's logger output_file (its scores are ×100)."""
+    curve = []
+    for rec in read_jsonl(train_log):
+        scores = rec.get("scores", {})
+        curve.append({
+            "step": rec["step"],
+            "epoch": rec.get("epoch"),
+            "score": rec.get("score"),
+            **{k: scores[k] / 100.0 for k in ("ents_p", "ents_r", "ents_f") if k in scores},
+            "losses": rec.get("losses", {}),
+        })
+    return curve
+
+
+def em_events(events_log: Path) -> List[Dict[str, Any]]:
+    """E-step and teacher-refresh events of bond_moe_events.jsonl (eval records dropped)."""
+    return [{k: v for k, v in e.items() if k != "component"}
+            for e in read_jsonl(events_log) if e.get("event") in ("estep", "teacher")]
+
+
+def mean_words_per_sentence(path: Path) -> Tuple[float, int]:
+    """Mean tokens per doc (= sentence) of a DocBin, and the number of docs."""
+    from spacy.tokens import DocBin
+    from spacy.vocab import Vocab
+
+    lengths = [len(doc) for doc in DocBin().from_disk(path).get_docs(Vocab())]
+    return (sum(lengths) / len(lengths) if lengths else 0.0), len(lengths)
+
+
+def prf(scores: Dict[str, Any], data_path: Path) -> Dict[str, Any]:
+    """P/R/F (fractions, overall + per type) from spaCy's evaluate() output."""
+    per_type = {label: {"p": v.get("p"), "r": v.get("r"), "f": v.get("f")}
+                for label, v in (scores.get("ents_per_type") or {}).items()}
+    return {"p": scores.get("ents_p"), "r": scores.get("ents_r"), "f": scores.get("ents_f"),
+            "per_type": per_type, "data_path": rel(data_path)}
+
+
+def evaluate_model(model: Path, data_path: Path) -> Dict[str, Any]:
+    """Score a trained pipeline on a gold DocBin with `spacy evaluate` (in this process)."""
+    from spacy.cli.evaluate import evaluate
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return prf(evaluate(str(model), data_path, use_gpu=-1, silent=True), data_path)
+
+
+def run_one(spec: RunSpec, force: bool = False) -> str:
+    """Train, evaluate and write the result JSON of one run. Returns "skipped" or "done"."""
+    if spec.result_path.exists() and not force:
+        print(f"[bench] {spec.result_path} exists: skipped (--force reruns)", flush=True)
+        return "skipped"
+    system, schedule = SYSTEMS[spec.system], SCHEDULES[spec.dataset]
+    ensure_corpus(spec.dataset, spec.corpus_dir)
+    if spec.run_dir.exists():
+        shutil.rmtree(spec.run_dir)  # a stale/partial run: spaCy's logger refuses existing logs
+    spec.run_dir.mkdir(parents=True)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    git, machine = git_info(), machine_info()
+    cmd = build_command(spec)
+    command = "HF_HUB_OFFLINE=1 " + shlex.join(["python", *cmd[1:]])
+    print(f"[bench] {run_name(spec.dataset, spec.system, spec.seed)}: {command}", flush=True)
+
+    code, train_wall, peak_rss_mb = train_subprocess(cmd, spec.run_dir / STDOUT_LOG)
+    if code != 0:
+        raise RunFailed(f"spacy train exited with {code}; see {spec.run_dir / STDOUT_LOG}")
+    machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    test_path, dev_path = spec.corpus_dir / "test.spacy", spec.corpus_dir / "dev.spacy"
+    eval_split = "test" if test_path.is_file() else "dev"
+    eval_path = test_path if eval_split == "test" else dev_path
+    t0 = time.monotonic()
+    dev_at_best = evaluate_model(spec.run_dir / "model-best", dev_path)
+    eval_at_best = (evaluate_model(spec.run_dir / "model-best", eval_path)
+                    if eval_split == "test" else dev_at_best)
+    eval_at_last = evaluate_model(spec.run_dir / "model-last", eval_path)
+    eval_wall = time.monotonic() - t0
+
+    curve = dev_curve(spec.run_dir / TRAIN_LOG)
+    best = max(curve, key=lambda r: (r["score"], -r["step"])) if curve else None  # spaCy's rule
+    words_per_sent, n_train = mean_words_per_sentence(spec.corpus_dir / "train.spacy")
+    updates = spec.max_steps + 1  # spaCy's loop updates at steps 0..max_steps
+    approx_words = words_per_sent * BATCH_SENTENCES * updates
+    result: Dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "dataset": spec.dataset,
+        "system": spec.system,
+        "system_description": system.description,
+        "seed": spec.seed,
+        "config": system.config,
+        "overrides": build_overrides(spec),
+        "command": command,
+        "steps": spec.max_steps,
+        "default_steps": schedule.max_steps,
+        "steps_note": "max_steps cap; the same cap is used for every system of a dataset"
+                      + ("" if spec.max_steps == schedule.max_steps
+                         else f" (NON-DEFAULT: the suite's cap for {spec.dataset} is {schedule.max_steps})"),
+        "eval_frequency": spec.eval_frequency,
+        "schedule": asdict(schedule),
+        "batch_sentences": BATCH_SENTENCES,
+        "eval_split": eval_split,
+        "eval_split_note": ("gold test split" if eval_split == "test" else
+                            f"no {rel(test_path)}: scored on the dev split, which also selected "
+                            "model-best (optimistic)"),
+        "dev_best_step": best["step"] if best else None,
+        "dev_at_best": dev_at_best,
+        "eval_at_best": eval_at_best,
+        "eval_at_last": eval_at_last,
+        "train_wall_seconds": round(train_wall, 2),
+        "eval_wall_seconds": round(eval_wall, 2),
+        # Approximate: train words processed / wall time of the whole `spacy train` process,
+        # which also includes init, model loading, E-steps, teacher passes and dev evaluations.
+        "approx_train_words_per_s": round(approx_words / train_wall, 1) if train_wall > 0 else None,
+        "approx_train_words": round(approx_words),
+        "train_sentences": n_train,
+        "train_words_per_sentence": round(words_per_sent, 3),
+        "updates": updates,
+        "peak_rss_mb": round(peak_rss_mb, 1),
+        "git": git,
+        "machine": machine,
+        "versions": package_versions(),
+        "timestamp": started,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "paths": {
+            "run_dir": rel(spec.run_dir),
+            "train_log": rel(spec.run_dir / TRAIN_LOG),
+            "events": rel(spec.run_dir / EVENTS_LOG) if system.n_experts is not None else None,
+            "stdout": rel(spec.run_dir / STDOUT_LOG),
+            "corpus": rel(spec.corpus_dir),
+        },
+        "curve": curve,
+        "events": em_events(spec.run_dir / EVENTS_LOG),
+    }
+    write_json_atomic(spec.result_path, result)
+    f = eval_at_best["f"]
+    print(f"[bench] wrote {spec.result_path}: {eval_split} F1 at dev-best "
+          f"{'n/a' if f is None else f'{100 * f:.2f}'}, train {train_wall:.0f}s, "
+          f"peak RSS {peak_rss_mb:.0f} MB", flush=True)
+    return "done"
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=sorted(SCHEDULES), help="with --all: only this dataset")
+    p.add_argument("--system", choices=sorted(list(SYSTEMS) + list(ALIASES)),
+                   help="with --all: only this system (wo_moe = bond)")
+    p.add_argument("--seed", type=int, help="with --all: only this seed")
+    p.add_argument("--all", action="store_true", help="run the suite table ALL_ROWS, cheap first")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="override the dataset's step cap (recorded in the JSON as non-default)")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "bench")
+    p.add_argument("--corpus", type=Path, default=ROOT / "corpus",
+                   help="folder of converted corpora (<corpus>/<dataset>/*.spacy)")
+    p.add_argument("--force", action="store_true", help="rerun even if the result JSON exists")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = p.parse_args(argv)
+    if not args.all and (args.dataset is None or args.system is None or args.seed is None):
+        p.error("--dataset, --system and --seed are required without --all")
+    return args
+
+
+def select_rows(args: argparse.Namespace) -> List[Tuple[str, str, int]]:
+    """The (dataset, system, seed) rows to run: one, or ALL_ROWS filtered by the given options."""
+    if not args.all:
+        return [(args.dataset, resolve_system(args.system), args.seed)]
+    system = resolve_system(args.system) if args.system else None
+    return [row for row in ALL_ROWS
+            if (args.dataset is None or row[0] == args.dataset)
+            and (system is None or row[1] == system)
+            and (args.seed is None or row[2] == args.seed)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: run the selected rows; exit 1 if any failed."""
+    args = parse_args(argv)
+    if args.system in ALIASES:
+        print(f"[bench] {args.system} is the same command as {ALIASES[args.system]}: "
+              f"using {ALIASES[args.system]}", flush=True)
+    rows = select_rows(args)
+    specs = [make_spec(d, s, seed, args.results.resolve(), args.runs.resolve(),
+                       args.corpus.resolve(), args.max_steps) for d, s, seed in rows]
+    failed: List[str] = []
+    for i, spec in enumerate(specs, 1):
+        name = run_name(spec.dataset, spec.system, spec.seed)
+        if args.dry_run:
+            state = "exists" if spec.result_path.exists() else "todo"
+            print(f"[{i}/{len(specs)}] {name} ({state}): {shlex.join(build_command(spec))}")
+            continue
+        print(f"[bench] [{i}/{len(specs)}] {name}", flush=True)
+        try:
+            run_one(spec, force=args.force)
+        except Exception as err:  # noqa: BLE001 - record the failure, go on with the suite
+            if not isinstance(err, RunFailed):
+                traceback.print_exc()
+            print(f"[bench] FAILED {name}: {err}", file=sys.stderr, flush=True)
+            failed.append(name)
+            if not args.all:
+                break
+    if failed:
+        print(f"[bench] {len(failed)} failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
