@@ -253,3 +253,12 @@ def test_head_lr_scale(scale):
     # Adam's first step moves each weight by about lr * lr_scale.
     assert head_step == pytest.approx(optimizer.learn_rate * scale, rel=0.05)
     assert embed_step == pytest.approx(optimizer.learn_rate, rel=0.05)
+
+
+def test_combine_mean_and_weighted(nlp):
+    ner = add_ner(nlp, 2, combine="weighted")
+    probs = numpy.array([[[0.8, 0.2], [0.2, 0.8]]], dtype="float32")  # 1 token, K=2, C=2
+    ner.cfg["expert_prior"] = [0.75, 0.25]
+    assert ner.combine(probs)[0].tolist() == pytest.approx([0.65, 0.35])
+    ner.cfg["combine"] = "mean"
+    assert ner.combine(probs)[0].tolist() == pytest.approx([0.5, 0.5])

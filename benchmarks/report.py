@@ -1,0 +1,455 @@
+"""Build ``benchmarks/RESULTS.md`` and ``benchmarks/plots/*.png`` from the run JSONs.
+
+Every number of our systems comes from a JSON written by ``benchmarks/run.py`` (listed at the
+bottom of the report); the "reported" rows are the published numbers quoted in
+``../shared/design/algorithm.md`` §4. Never edit RESULTS.md by hand: rerun
+
+    python benchmarks/report.py [--results benchmarks/results] [--out benchmarks/RESULTS.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+NOT_RUN = "not run"
+
+# Column order of the paper's tables (OntoNotes is not benchmarked: no train file here).
+DATASETS: Tuple[str, ...] = ("conll03", "twitter", "webpage", "wikigold")
+TITLES: Dict[str, str] = {"conll03": "CoNLL03", "twitter": "Twitter", "webpage": "Webpage",
+                          "wikigold": "Wikigold"}
+
+# Table I rows (our systems): system name in the JSONs -> row label.
+TABLE1: Tuple[Tuple[str, str], ...] = (
+    ("spacy_ner", "spaCy `ner` (MiniLM, distant labels)"),
+    ("bond", "BOND (MiniLM, K=1, self-training)"),
+    ("bond_moe", "BOND-MoE (MiniLM, K=3, fair, self-training)"),
+    ("bond_moe_cnn", "BOND-MoE (CNN, K=3, fair, self-training)"),
+)
+# Table II rows: (label, system whose JSONs fill it). w/o MoE = K=1 + self-training = `bond`.
+TABLE2: Tuple[Tuple[str, str], ...] = (
+    ("All stages (`bond_moe`)", "bond_moe"),
+    ("w/o MoE (= `bond` runs, K=1)", "bond"),
+    ("w/o fair (`wo_fair`)", "wo_fair"),
+    ("w/o self-training (`wo_self_training`)", "wo_self_training"),
+)
+# Published test F1 (RoBERTa-base, full schedules, best-test-F1 selection), from algorithm.md §4.
+REPORTED_TABLE1: Tuple[Tuple[str, Dict[str, float]], ...] = (
+    ("BOND stage I — BOND README (reported)",
+     {"conll03": 75.61, "twitter": 46.61, "webpage": 59.11, "wikigold": 52.15}),
+    ("BOND — BOND README (reported)",
+     {"conll03": 81.48, "twitter": 48.01, "webpage": 65.74, "wikigold": 60.07}),
+    ("BOND — BOND-MoE paper Table I (reported)",
+     {"conll03": 77.12, "twitter": 48.07, "webpage": 63.69, "wikigold": 55.76}),
+    ("BOND-MoE \"Ours\" — paper Table I (reported)",
+     {"conll03": 79.31, "twitter": 47.76, "webpage": 64.11, "wikigold": 56.59}),
+)
+REPORTED_TABLE2: Dict[str, Dict[str, float]] = {
+    "bond_moe": {"conll03": 79.43, "twitter": 47.54, "webpage": 65.02, "wikigold": 56.27},
+    "bond": {"conll03": 78.45, "twitter": 47.87, "webpage": 63.23, "wikigold": 54.90},
+    "wo_fair": {"conll03": 78.67, "twitter": 47.36, "webpage": 62.89, "wikigold": 55.30},
+    "wo_self_training": {"conll03": 74.21, "twitter": 46.25, "webpage": 63.64, "wikigold": 57.24},
+}
+SYSTEM_ORDER: Tuple[str, ...] = (
+    "spacy_ner", "bond", "bond_moe", "wo_fair", "wo_self_training", "bond_moe_cnn",
+)
+
+Run = Dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_runs(results: Path) -> List[Run]:
+    """Every ``*.json`` of the results folder, with ``_file`` set to its name."""
+    runs = []
+    for path in sorted(results.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf8"))
+        data["_file"] = path.name
+        data["_path"] = path
+        runs.append(data)
+    return runs
+
+
+def system_rank(system: str) -> int:
+    """Position of a system in the report's order (unknown systems last)."""
+    return SYSTEM_ORDER.index(system) if system in SYSTEM_ORDER else len(SYSTEM_ORDER)
+
+
+def select_cap(runs: Sequence[Run]) -> Optional[int]:
+    """The step cap reported for one dataset: the suite's default cap if any run used it, else the
+    most common cap (ties: the larger)."""
+    if not runs:
+        return None
+    default = [r["steps"] for r in runs if r["steps"] == r.get("default_steps")]
+    if default:
+        return default[0]
+    counts = Counter(r["steps"] for r in runs)
+    return max(counts, key=lambda cap: (counts[cap], cap))
+
+
+def split_by_cap(runs: Sequence[Run]) -> Tuple[Dict[str, List[Run]], List[Run], Dict[str, int]]:
+    """Runs per dataset at the selected cap, the other runs, and the selected cap per dataset."""
+    per_dataset: Dict[str, List[Run]] = defaultdict(list)
+    for run in runs:
+        per_dataset[run["dataset"]].append(run)
+    main: Dict[str, List[Run]] = {}
+    other: List[Run] = []
+    caps: Dict[str, int] = {}
+    for dataset, group in per_dataset.items():
+        cap = select_cap(group)
+        assert cap is not None
+        caps[dataset] = cap
+        main[dataset] = [r for r in group if r["steps"] == cap]
+        other += [r for r in group if r["steps"] != cap]
+    return main, other, caps
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def pct(value: Optional[float]) -> Optional[float]:
+    """A fraction as a percentage (None stays None)."""
+    return None if value is None else 100.0 * value
+
+
+def mean_std(values: Sequence[float]) -> str:
+    """``mean ± std (n=k)`` (sample std; no ± for a single value); NOT_RUN when empty."""
+    if not values:
+        return NOT_RUN
+    if len(values) == 1:
+        return f"{values[0]:.1f} (n=1)"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} (n={len(values)})"
+
+
+def metric(run: Run, key: str, field: str = "f", label: Optional[str] = None) -> Optional[float]:
+    """A percentage from run[key] (``eval_at_best`` etc.), overall or for one entity type."""
+    block = run.get(key) or {}
+    if label is not None:
+        block = (block.get("per_type") or {}).get(label) or {}
+    return pct(block.get(field))
+
+
+def cell(runs: Iterable[Run], system: str, key: str = "eval_at_best", field: str = "f",
+         label: Optional[str] = None) -> str:
+    """The mean ± std cell of one system over its seeds."""
+    values = [v for r in runs if r["system"] == system
+              for v in [metric(r, key, field, label)] if v is not None]
+    return mean_std(values)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    """A markdown table."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out
+
+
+def split_name(runs: Sequence[Run]) -> str:
+    """The evaluation split(s) of a dataset's runs ("test", "dev", or both)."""
+    return "/".join(sorted({r["eval_split"] for r in runs})) or "?"
+
+
+def column_title(dataset: str, main: Dict[str, List[Run]], caps: Dict[str, int]) -> str:
+    """``Webpage (test, 600 steps)``; flags a non-default cap."""
+    runs = main.get(dataset, [])
+    if not runs:
+        return f"{TITLES[dataset]} ({NOT_RUN})"
+    cap = caps[dataset]
+    defaults = {r.get("default_steps") for r in runs}
+    flag = "" if defaults == {cap} else f", NON-DEFAULT cap (suite: {'/'.join(map(str, sorted(d for d in defaults if d)))})"
+    return f"{TITLES[dataset]} ({split_name(runs)}, {cap} steps{flag})"
+
+
+def fmt_num(value: Optional[float], digits: int = 1) -> str:
+    """A number or "n/a"."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def curve_of(run: Run) -> List[Dict[str, Any]]:
+    """The dev curve: embedded in the JSON, else read from paths.train_log (spaCy: ×100 scores)."""
+    if run.get("curve"):
+        return run["curve"]
+    path = resolve_path((run.get("paths") or {}).get("train_log"))
+    if path is None or not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            f = (rec.get("scores") or {}).get("ents_f")
+            out.append({"step": rec["step"], "ents_f": None if f is None else f / 100.0})
+    return out
+
+
+def events_of(run: Run) -> List[Dict[str, Any]]:
+    """E-step/teacher events: embedded in the JSON, else read from paths.events."""
+    if run.get("events"):
+        return run["events"]
+    path = resolve_path((run.get("paths") or {}).get("events"))
+    if path is None or not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf8").splitlines() if line.strip()]
+    return [r for r in records if r.get("event") in ("estep", "teacher")]
+
+
+def resolve_path(value: Optional[str]) -> Optional[Path]:
+    """A path from a JSON (relative = relative to the repository root)."""
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else ROOT / path
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_dev_curves(dataset: str, runs: Sequence[Run], cap: int, path: Path) -> bool:
+    """Dev F1 vs step, one colour per system, one line per seed. False if no curve."""
+    import matplotlib.pyplot as plt
+
+    by_system: Dict[str, List[Run]] = defaultdict(list)
+    for run in runs:
+        if curve_of(run):
+            by_system[run["system"]].append(run)
+    if not by_system:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, system in enumerate(sorted(by_system, key=system_rank)):
+        for j, run in enumerate(sorted(by_system[system], key=lambda r: r["seed"])):
+            points = [(p["step"], 100 * p["ents_f"]) for p in curve_of(run) if p.get("ents_f") is not None]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".",
+                    color=colours[i % len(colours)], alpha=0.85, linewidth=1.2,
+                    label=f"{system} (n={len(by_system[system])})" if j == 0 else None)
+    ax.set_xlabel("step (16 sentences)")
+    ax.set_ylabel("dev entity F1 (%)")
+    ax.set_title(f"{TITLES.get(dataset, dataset)}: dev F1 vs step ({cap}-step cap)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+    return True
+
+
+def plot_experts(run: Run, path: Path) -> bool:
+    """Expert loads and changed docs per E-step, teacher refreshes as dashed lines."""
+    import matplotlib.pyplot as plt
+
+    events = events_of(run)
+    esteps = [e for e in events if e.get("event") == "estep"]
+    teachers = [e for e in events if e.get("event") == "teacher"]
+    if not esteps:
+        return False
+    steps = [e["step"] for e in esteps]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    for k in range(max(len(e["loads"]) for e in esteps)):
+        top.plot(steps, [e["loads"][k] if k < len(e["loads"]) else None for e in esteps],
+                 marker="o", markersize=3, label=f"expert {k}")
+    top.set_ylabel("documents (load)")
+    top.legend(fontsize=8)
+    bottom.plot(steps, [e["changed"] for e in esteps], marker="o", markersize=3, color="tab:red")
+    bottom.set_ylabel("docs that changed expert")
+    bottom.set_xlabel("step (16 sentences)")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        for i, t in enumerate(teachers):
+            ax.axvline(t["step"], color="grey", linestyle="--", linewidth=1,
+                       label="teacher refresh" if (ax is bottom and i == 0) else None)
+    if teachers:
+        bottom.legend(fontsize=8)
+    top.set_title(f"{run['dataset']} / {run['system']} / seed {run['seed']}: E-steps "
+                  f"({run['_file']})", fontsize=9)
+    save_figure(fig, path)
+    return True
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = True) -> str:
+    """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
+    main, other, caps = split_by_cap(runs)
+    selected = [r for group in main.values() for r in group]
+    lines: List[str] = [
+        "# Benchmark results",
+        "",
+        f"Generated by `benchmarks/report.py` from {len(runs)} JSON file(s) written by "
+        "`benchmarks/run.py` (listed at the bottom). Do not edit by hand.",
+        "",
+        "- Ours: entity-level micro F1 (%) of the **dev-best checkpoint** (`model-best`) on the gold "
+        "**test** split, or on **dev** where the dataset has no test split (the column says which; "
+        "dev then also selected the checkpoint, so it is optimistic). Mean ± sample std over seeds, "
+        "n = number of seeds. All our systems are trained on the distant labels with the same step "
+        "cap per dataset (column header); MiniLM-L6 encoder unless marked CNN; CPU.",
+        "- \"reported\" rows are published numbers (RoBERTa-base, full BOND schedules, checkpoint "
+        "chosen by best **test** F1), quoted from `../shared/design/algorithm.md` §4: not comparable "
+        "one-to-one, shown for reference.",
+        "",
+    ]
+    titles = [column_title(d, main, caps) for d in DATASETS]
+
+    # Table I
+    lines += ["## Table I: main results (F1 %, dev-best checkpoint)", ""]
+    rows = [[label] + [cell(main.get(d, []), system) for d in DATASETS] for system, label in TABLE1]
+    rows += [[label] + [f"{vals[d]:.2f}" for d in DATASETS] for label, vals in REPORTED_TABLE1]
+    lines += table(["system"] + titles, rows) + [""]
+
+    lines += ["### Table I-b: last checkpoint and dev scores (F1 %)", "",
+              "Per cell: test (or dev) F1 of `model-last` / dev F1 of `model-best`.", ""]
+    rows = []
+    for system, label in TABLE1 + tuple((s, f"`{s}`") for s, _ in TABLE2[2:]):
+        row = [label]
+        for d in DATASETS:
+            last = cell(main.get(d, []), system, "eval_at_last")
+            dev = cell(main.get(d, []), system, "dev_at_best")
+            row.append(NOT_RUN if last == NOT_RUN else f"{last} / {dev}")
+        rows.append(row)
+    lines += table(["system"] + titles, rows) + [""]
+
+    # Table II
+    lines += ["## Table II: ablations (F1 %, dev-best checkpoint), next to the paper's Table II", "",
+              "`w/o MoE` is K=1 with self-training: the same command as `bond`, so its row is "
+              "filled from the `bond` runs.", ""]
+    header = ["ablation"]
+    for d in DATASETS:
+        header += [f"{TITLES[d]} ours ({split_name(main.get(d, [])) if main.get(d) else NOT_RUN})",
+                   f"{TITLES[d]} paper (reported)"]
+    rows = []
+    for label, system in TABLE2:
+        row = [label]
+        for d in DATASETS:
+            row += [cell(main.get(d, []), system), f"{REPORTED_TABLE2[system][d]:.2f}"]
+        rows.append(row)
+    lines += table(header, rows) + [""]
+
+    # Per type
+    lines += ["## Per-type F1 (%, dev-best checkpoint, test or dev split as above)", ""]
+    any_type = False
+    for d in DATASETS:
+        group = main.get(d, [])
+        labels = sorted({lab for r in group for lab in ((r.get("eval_at_best") or {}).get("per_type") or {})})
+        if not labels:
+            continue
+        any_type = True
+        systems = sorted({r["system"] for r in group}, key=system_rank)
+        lines += [f"**{column_title(d, main, caps)}**", ""]
+        rows = [[f"`{s}`"] + [cell(group, s, label=lab) for lab in labels] for s in systems]
+        lines += table(["system"] + labels, rows) + [""]
+    if not any_type:
+        lines += [NOT_RUN, ""]
+
+    # Speed / memory
+    lines += ["## Speed and memory (per run)", "",
+              "Train wall = the whole `spacy train` process (init, E-steps, teacher passes and dev "
+              "evaluations included); approx words/s = mean train words per sentence × 16 × updates "
+              "/ train wall; peak RSS = the training process (os.wait4). Machine load varies "
+              "between runs (load average at start/end shown).", ""]
+    rows = []
+    for r in sorted(runs, key=lambda r: (DATASETS.index(r["dataset"]) if r["dataset"] in DATASETS else 99,
+                                         system_rank(r["system"]), r["seed"], r["steps"])):
+        m = r.get("machine") or {}
+        load = "/".join(fmt_num(x, 1) for x in [*(m.get("loadavg_at_start") or [None])[:1],
+                                                 *(m.get("loadavg_at_end") or [None])[:1]])
+        wall = r.get("train_wall_seconds")
+        rows.append([r["dataset"], f"`{r['system']}`", str(r["seed"]), str(r["steps"]),
+                     fmt_num(None if wall is None else wall / 60.0, 1),
+                     fmt_num(r.get("approx_train_words_per_s"), 0), fmt_num(r.get("peak_rss_mb"), 0),
+                     f"{m.get('cores', '?')}/{m.get('torch_threads', '?')}", load, f"`{r['_file']}`"])
+    lines += table(["dataset", "system", "seed", "steps", "train wall (min)", "approx words/s",
+                    "peak RSS (MB)", "cores/torch threads", "load start/end", "JSON"],
+                   rows or [[NOT_RUN] * 10]) + [""]
+
+    # Plots
+    lines += ["## Plots", ""]
+    rel_plots = os.path.relpath(plots, out.parent)
+    made: List[str] = []
+    if make_plots:
+        for d in DATASETS:
+            group = main.get(d, [])
+            name = f"dev_f1_{d}.png"
+            if group and plot_dev_curves(d, group, caps[d], plots / name):
+                made.append(f"![{TITLES[d]} dev F1 vs step]({rel_plots}/{name})")
+            by_system: Dict[str, List[Run]] = defaultdict(list)
+            for r in group:
+                by_system[r["system"]].append(r)
+            for system in sorted(by_system, key=system_rank):
+                first = min(by_system[system], key=lambda r: r["seed"])
+                name = f"experts_{d}__{system}__seed{first['seed']}.png"
+                if plot_experts(first, plots / name):
+                    made.append(f"![{TITLES[d]} {system} E-steps]({rel_plots}/{name})")
+    lines += (["Dev F1 vs step (every run at the reported cap) and, for the lowest seed of each "
+               "multi-expert system, expert loads and changed documents per E-step (dashed: "
+               "teacher refreshes).", ""] + [m + "\n" for m in made]) if made else [NOT_RUN, ""]
+
+    # Other caps
+    if other:
+        lines += ["## Other runs (step cap not the one reported above; excluded from the tables)", ""]
+        rows = [[r["dataset"], f"`{r['system']}`", str(r["seed"]), str(r["steps"]), r["eval_split"],
+                 fmt_num(metric(r, "eval_at_best")), fmt_num(metric(r, "eval_at_last")),
+                 f"`{r['_file']}`"] for r in other]
+        lines += table(["dataset", "system", "seed", "steps", "split", "F1 @ dev-best",
+                        "F1 @ last", "JSON"], rows) + [""]
+
+    # Sources
+    lines += ["## Source files", "", "Every number above (except \"reported\") comes from these "
+              "JSON files (`benchmarks/run.py` output); each holds the exact command, overrides, "
+              "git commit, machine and timings.", ""]
+    rows = []
+    for r in runs:
+        git = r.get("git") or {}
+        commit = (git.get("commit") or "?")[:10] + (" (dirty)" if git.get("dirty") else "")
+        rows.append([f"`{r['_file']}`", r["dataset"], f"`{r['system']}`", str(r["seed"]),
+                     str(r["steps"]), "yes" if r in selected else "no", commit,
+                     str(r.get("timestamp", "?"))])
+    lines += table(["file", "dataset", "system", "seed", "steps", "in tables", "commit",
+                    "started (UTC)"], rows or [[NOT_RUN] * 8]) + [""]
+    return "\n".join(lines)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text via a temp file and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf8")
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point."""
+    p = argparse.ArgumentParser(description="Write RESULTS.md and plots from benchmark JSONs.")
+    p.add_argument("--results", type=Path, default=HERE / "results")
+    p.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    p.add_argument("--plots", type=Path, default=None, help="default: <folder of --out>/plots")
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = args.out.resolve()
+    plots = (args.plots or out.parent / "plots").resolve()
+    runs = load_runs(args.results) if args.results.is_dir() else []
+    text = build_report(runs, out, plots, make_plots=not args.no_plots)
+    write_text_atomic(out, text + "\n")
+    print(f"wrote {out} ({len(runs)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
