@@ -210,9 +210,19 @@ def resolve_path(value: Optional[str]) -> Optional[Path]:
     return path if path.is_absolute() else ROOT / path
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot with the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig: Any, path: Path) -> None:
     """Save a matplotlib figure as PNG atomically."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
@@ -223,7 +233,7 @@ def save_figure(fig: Any, path: Path) -> None:
 
 def plot_dev_curves(dataset: str, runs: Sequence[Run], cap: int, path: Path) -> bool:
     """Dev F1 vs step, one colour per system, one line per seed. False if no curve."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     by_system: Dict[str, List[Run]] = defaultdict(list)
     for run in runs:
@@ -250,7 +260,7 @@ def plot_dev_curves(dataset: str, runs: Sequence[Run], cap: int, path: Path) -> 
 
 def plot_experts(run: Run, path: Path) -> bool:
     """Expert loads and changed docs per E-step, teacher refreshes as dashed lines."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     events = events_of(run)
     esteps = [e for e in events if e.get("event") == "estep"]
@@ -263,9 +273,12 @@ def plot_experts(run: Run, path: Path) -> bool:
         top.plot(steps, [e["loads"][k] if k < len(e["loads"]) else None for e in esteps],
                  marker="o", markersize=3, label=f"expert {k}")
     top.set_ylabel("documents (load)")
-    top.legend(fontsize=8)
+    n_docs = max((e.get("n_docs") or max(e["loads"]) for e in esteps), default=1)
+    top.set_ylim(0, 1.05 * n_docs)
+    top.legend(fontsize=8, loc="lower right", ncol=4)
     bottom.plot(steps, [e["changed"] for e in esteps], marker="o", markersize=3, color="tab:red")
     bottom.set_ylabel("docs that changed expert")
+    bottom.set_ylim(bottom=0)
     bottom.set_xlabel("step (16 sentences)")
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
@@ -286,7 +299,7 @@ def plot_experts(run: Run, path: Path) -> bool:
 def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = True) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
-    selected = [r for group in main.values() for r in group]
+    selected = {r["_file"] for group in main.values() for r in group}
     lines: List[str] = [
         "# Benchmark results",
         "",
@@ -314,7 +327,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     lines += ["### Table I-b: last checkpoint and dev scores (F1 %)", "",
               "Per cell: test (or dev) F1 of `model-last` / dev F1 of `model-best`.", ""]
     rows = []
-    for system, label in TABLE1 + tuple((s, f"`{s}`") for s, _ in TABLE2[2:]):
+    for system, label in TABLE1 + tuple((s, f"`{s}`") for _, s in TABLE2[2:]):
         row = [label]
         for d in DATASETS:
             last = cell(main.get(d, []), system, "eval_at_last")
@@ -416,7 +429,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
         git = r.get("git") or {}
         commit = (git.get("commit") or "?")[:10] + (" (dirty)" if git.get("dirty") else "")
         rows.append([f"`{r['_file']}`", r["dataset"], f"`{r['system']}`", str(r["seed"]),
-                     str(r["steps"]), "yes" if r in selected else "no", commit,
+                     str(r["steps"]), "yes" if r["_file"] in selected else "no", commit,
                      str(r.get("timestamp", "?"))])
     lines += table(["file", "dataset", "system", "seed", "steps", "in tables", "commit",
                     "started (UTC)"], rows or [[NOT_RUN] * 8]) + [""]
@@ -439,9 +452,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--plots", type=Path, default=None, help="default: <folder of --out>/plots")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
-    import matplotlib
-
-    matplotlib.use("Agg")
     out = args.out.resolve()
     plots = (args.plots or out.parent / "plots").resolve()
     runs = load_runs(args.results) if args.results.is_dir() else []

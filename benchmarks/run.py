@@ -199,8 +199,9 @@ def build_command(spec: RunSpec, python: str = sys.executable) -> List[str]:
 
 
 def child_env() -> Dict[str, str]:
-    """Environment of the training child: offline Hugging Face, unbuffered output."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    """Environment of the training child: offline Hugging Face, unbuffered, uncoloured output."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1", "ANSI_COLORS_DISABLED": "1"}
 
 
 def data_root() -> Path:

@@ -1,0 +1,225 @@
+"""benchmarks/run.py (commands, suite table, skip logic) and benchmarks/report.py (tables, plots).
+
+No training: the report reads synthetic JSONs; run.py's training launcher is patched out.
+"""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def load_module(name: str) -> ModuleType:
+    """Import benchmarks/<name>.py (not a package) as `bench_<name>`."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+run = load_module("run")
+report = load_module("report")
+
+
+def options(cmd: List[str]) -> Dict[str, str]:
+    """`--key value` pairs of a command line."""
+    return {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("-")}
+
+
+def spec_for(tmp_path: Path, dataset: str, system: str, seed: int = 3,
+             max_steps: Optional[int] = None) -> Any:
+    return run.make_spec(dataset, system, seed, tmp_path / "res", tmp_path / "runs",
+                         tmp_path / "corpus", max_steps)
+
+
+# ----------------------------------------------------------------------------- run.py
+
+
+@pytest.mark.parametrize("system", sorted(run.SYSTEMS))
+def test_command_common_parts(tmp_path, system):
+    spec = spec_for(tmp_path, "webpage", system)
+    cmd = run.build_command(spec, python="PY")
+    opts = options(cmd)
+    assert cmd[:5] == ["PY", "-m", "spacy", "train", run.SYSTEMS[system].config]
+    assert (ROOT / run.SYSTEMS[system].config).is_file()
+    assert opts["-o"] == str(tmp_path / "runs" / f"webpage__{system}__seed3")
+    assert opts["--system.seed"] == "3"
+    assert opts["--training.max_steps"] == "600" and opts["--training.eval_frequency"] == "50"
+    assert opts["--training.logger.output_file"] == opts["-o"] + "/train_log.jsonl"
+    assert opts["--paths.train"].endswith("corpus/webpage/train.spacy")
+    assert spec.result_path == tmp_path / "res" / f"webpage__{system}__seed3.json"
+
+
+def test_command_overrides_per_system(tmp_path):
+    def opts(system: str, dataset: str = "webpage") -> Dict[str, str]:
+        return options(run.build_command(spec_for(tmp_path, dataset, system)))
+
+    ner = opts("spacy_ner")
+    assert not [k for k in ner if k.startswith(("--training.before_update", "--components."))]
+    moe = opts("bond_moe")
+    assert moe["--components.bond_moe_ner.model.n_experts"] == "3"
+    assert moe["--components.bond_moe_ner.fair"] == "true"
+    assert moe["--components.bond_moe_ner.self_training"] == "soft"
+    assert (moe["--training.before_update.teacher_start"], moe["--training.before_update.teacher_refresh"],
+            moe["--training.before_update.estep_every"]) == ("300", "200", "25")
+    assert opts("wo_fair")["--components.bond_moe_ner.fair"] == "false"
+    assert opts("wo_fair")["--training.before_update.teacher_start"] == "300"
+    assert opts("wo_self_training")["--training.before_update.teacher_start"] == "0"
+    assert opts("wo_self_training")["--components.bond_moe_ner.model.n_experts"] == "3"
+    assert opts("bond")["--components.bond_moe_ner.model.n_experts"] == "1"
+    assert opts("bond")["--training.before_update.teacher_start"] == "300"
+    twitter = opts("bond_moe", "twitter")
+    assert twitter["--components.bond_moe_ner.self_training"] == "hard"
+    assert twitter["--training.max_steps"] == "1500"
+    conll = opts("bond_moe", "conll03")
+    assert (conll["--training.before_update.teacher_start"], conll["--training.max_steps"]) == ("900", "3000")
+
+
+def test_alias_and_step_cap(tmp_path):
+    spec = spec_for(tmp_path, "wikigold", "wo_moe", max_steps=30)
+    assert spec.system == "bond"
+    assert (spec.max_steps, spec.eval_frequency) == (30, 30)
+    with pytest.raises(ValueError):
+        spec_for(tmp_path, "wikigold", "nonexistent")
+
+
+def test_suite_table_cheap_first():
+    rows = run.ALL_ROWS
+    assert len(rows) == len(set(rows)) == 4 * 3 * len(run.ALL_SYSTEMS)
+    assert rows[0] == ("webpage", "bond_moe_cnn", 0) and rows[-1][0] == "conll03"
+    assert {s for _, s, _ in rows} == set(run.SYSTEMS)
+    datasets = [d for d, _, _ in rows]
+    assert datasets == sorted(datasets, key=run.ALL_DATASETS.index)
+
+
+def test_skip_when_json_exists(tmp_path, monkeypatch):
+    spec = spec_for(tmp_path, "webpage", "bond_moe", seed=0)
+    spec.result_path.parent.mkdir(parents=True)
+    spec.result_path.write_text("{}")
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("must not train")
+
+    monkeypatch.setattr(run, "train_subprocess", no_training)
+    monkeypatch.setattr(run, "ensure_corpus", no_training)
+    assert run.run_one(spec) == "skipped"
+    argv = ["--dataset", "webpage", "--system", "bond_moe", "--seed", "0",
+            "--results", str(tmp_path / "res"), "--runs", str(tmp_path / "runs")]
+    assert run.main(argv) == 0
+
+    class Attempted(Exception):
+        pass
+
+    def attempted(*args: Any, **kwargs: Any) -> None:
+        raise Attempted()
+
+    monkeypatch.setattr(run, "ensure_corpus", attempted)
+    with pytest.raises(Attempted):
+        run.run_one(spec, force=True)
+    assert run.main(argv + ["--force"]) == 1  # the failure is reported, not raised
+    assert spec.result_path.read_text() == "{}"
+
+
+def test_write_json_atomic(tmp_path):
+    path = tmp_path / "a" / "b.json"
+    run.write_json_atomic(path, {"x": 1})
+    assert json.loads(path.read_text()) == {"x": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["b.json"]
+
+
+# ----------------------------------------------------------------------------- report.py
+
+
+def scores(f: float, per_type: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+    return {"p": f, "r": f, "f": f,
+            "per_type": {k: {"p": v, "r": v, "f": v} for k, v in (per_type or {}).items()}}
+
+
+def fake_run(dataset: str, system: str, seed: int, f: float, steps: int, default_steps: int,
+             split: str = "test", **extra: Any) -> Dict[str, Any]:
+    return {
+        "dataset": dataset, "system": system, "seed": seed, "steps": steps,
+        "default_steps": default_steps, "eval_split": split,
+        "dev_at_best": scores(f - 0.1), "eval_at_best": scores(f, {"PER": f, "LOC": f / 2}),
+        "eval_at_last": scores(f - 0.05), "train_wall_seconds": 120.0,
+        "approx_train_words_per_s": 700.0, "peak_rss_mb": 1500.0,
+        "machine": {"cores": 2, "torch_threads": 2, "loadavg_at_start": [1.0], "loadavg_at_end": [2.0]},
+        "git": {"commit": "0123456789abcdef", "dirty": False}, "timestamp": "2026-01-01T00:00:00+00:00",
+        **extra,
+    }
+
+
+def write_lines(path: Path, records: List[Dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def test_report_tables_and_plots(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    events = [{"event": "estep", "step": 25, "n_docs": 9, "loads": [3, 3, 3], "changed": 5},
+              {"event": "teacher", "step": 50, "n_docs": 9, "kept_fraction": 0.8},
+              {"event": "estep", "step": 50, "n_docs": 9, "loads": [4, 3, 2], "changed": 2}]
+    curve = [{"step": 0, "ents_f": 0.0}, {"step": 50, "ents_f": 0.3}]
+    for seed, f in ((0, 0.50), (1, 0.60)):
+        data = fake_run("webpage", "bond_moe", seed, f, 600, 600, curve=curve, events=events)
+        (results / f"webpage__bond_moe__seed{seed}.json").write_text(json.dumps(data))
+    # Wikigold: no test split, logs read from files (not embedded in the JSON).
+    train_log = write_lines(tmp_path / "train_log.jsonl", [
+        {"epoch": 0, "step": 0, "losses": {}, "scores": {"ents_f": 1.0}, "score": 0.01},
+        {"epoch": 1, "step": 100, "losses": {}, "scores": {"ents_f": 20.0}, "score": 0.2}])
+    events_log = write_lines(tmp_path / "bond_moe_events.jsonl", [
+        {"component": "bond_moe_ner", "event": "eval", "step": 0}, *events])
+    data = fake_run("wikigold", "bond_moe_cnn", 0, 0.40, 700, 700, split="dev",
+                    paths={"train_log": train_log, "events": events_log})
+    (results / "wikigold__bond_moe_cnn__seed0.json").write_text(json.dumps(data))
+    # A smoke run at another cap: listed apart, not averaged in.
+    data = fake_run("webpage", "bond_moe", 5, 0.05, 30, 600)
+    (results / "webpage__bond_moe__seed5.json").write_text(json.dumps(data))
+
+    out = tmp_path / "docs" / "RESULTS.md"
+    assert report.main(["--results", str(results), "--out", str(out)]) == 0
+    text = out.read_text()
+    table1 = text.split("## Table I:")[1].split("###")[0]
+    moe_row = next(line for line in table1.splitlines() if line.startswith("| BOND-MoE (MiniLM"))
+    assert moe_row.split(" | ")[1:] == ["not run", "not run", "55.0 ± 7.1 (n=2)", "not run |"]
+    cnn_row = next(line for line in table1.splitlines() if line.startswith("| BOND-MoE (CNN"))
+    assert "40.0 (n=1)" in cnn_row
+    assert "Webpage (test, 600 steps)" in table1 and "Wikigold (dev, 700 steps)" in table1
+    assert "CoNLL03 (not run)" in table1 and "81.48" in table1 and "79.31" in table1
+    table2 = text.split("## Table II")[1].split("## Per-type")[0]
+    assert "| All stages (`bond_moe`) | not run | 79.43 | not run | 47.54 | 55.0 ± 7.1 (n=2) | 65.02 |" in table2
+    assert "w/o MoE (= `bond` runs, K=1) | not run | 78.45" in table2
+    per_type = text.split("## Per-type")[1].split("## Speed")[0]
+    assert "| `bond_moe` | 27.5 ± 3.5 (n=2) | 55.0 ± 7.1 (n=2) |" in per_type  # LOC, PER
+    speed = text.split("## Speed")[1].split("## Plots")[0]
+    assert "| webpage | `bond_moe` | 0 | 600 | 2.0 | 700 | 1500 | 2/2 | 1.0/2.0 |" in speed
+    other = text.split("## Other runs")[1].split("## Source files")[0]
+    assert "webpage__bond_moe__seed5.json" in other and "5.0" in other
+    sources = text.split("## Source files")[1]
+    for name in ("webpage__bond_moe__seed0.json", "webpage__bond_moe__seed1.json",
+                 "webpage__bond_moe__seed5.json", "wikigold__bond_moe_cnn__seed0.json"):
+        assert name in sources
+    plots = out.parent / "plots"
+    expected = ["dev_f1_webpage.png", "dev_f1_wikigold.png", "experts_webpage__bond_moe__seed0.png",
+                "experts_wikigold__bond_moe_cnn__seed0.png"]
+    assert sorted(p.name for p in plots.iterdir()) == expected
+    for name in expected:
+        assert (plots / name).read_bytes()[:8] == PNG_MAGIC
+        assert f"(plots/{name})" in text
+
+
+def test_report_without_results(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(tmp_path / "missing"), "--out", str(out), "--no-plots"]) == 0
+    text = out.read_text()
+    assert "from 0 JSON file(s)" in text and text.count("not run") > 20
