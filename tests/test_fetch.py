@@ -298,9 +298,11 @@ def test_project_yml_commands_and_workflows(tmp_path):
     v = project["vars"]
     assert (v["dataset"], v["config"], v["n_experts"], v["seed"], v["gpu_id"]) == ("webpage", "minilm", 3, 0, -1)
     schedule = (v["max_steps"], v["teacher_start"], v["teacher_refresh"], v["estep_every"], v["eval_frequency"])
-    assert schedule == (300, 150, 75, 25, 50)
+    assert schedule == (600, 300, 200, 25, 50)  # BOND's Webpage schedule, capped at 600 steps
+    max_steps, start, refresh = schedule[:3]
+    assert start + refresh <= max_steps  # the teacher is refreshed at least once
     train = commands["train"]["script"][0]
-    for flag in ("--training.max_steps 300", "--training.before_update.teacher_start 150",
+    for flag in ("--training.max_steps 600", "--training.before_update.teacher_start 300",
                  "--components.bond_moe_ner.model.n_experts 3", "--system.seed 0", "--gpu-id -1"):
         assert flag in train
     for dataset, source in fetch.CONVERT_SOURCES.items():
