@@ -175,30 +175,34 @@ def fmt_num(value: Optional[float], digits: int = 1) -> str:
 # ----------------------------------------------------------------------------- plots
 
 
+def embedded_or_logged(run: Run, field: str, path_key: str) -> Tuple[bool, List[Dict[str, Any]]]:
+    """(True, records) when the JSON embeds `field`, else (False, JSON lines of paths[path_key])."""
+    if run.get(field):
+        return True, run[field]
+    path = resolve_path((run.get("paths") or {}).get(path_key))
+    if path is None or not path.is_file():
+        return True, []
+    lines = path.read_text(encoding="utf8").splitlines()
+    return False, [json.loads(line) for line in lines if line.strip()]
+
+
 def curve_of(run: Run) -> List[Dict[str, Any]]:
     """The dev curve: embedded in the JSON, else read from paths.train_log (spaCy: ×100 scores)."""
-    if run.get("curve"):
-        return run["curve"]
-    path = resolve_path((run.get("paths") or {}).get("train_log"))
-    if path is None or not path.is_file():
-        return []
+    embedded, records = embedded_or_logged(run, "curve", "train_log")
+    if embedded:
+        return records
     out = []
-    for line in path.read_text(encoding="utf8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            f = (rec.get("scores") or {}).get("ents_f")
-            out.append({"step": rec["step"], "ents_f": None if f is None else f / 100.0})
+    for rec in records:
+        f = (rec.get("scores") or {}).get("ents_f")
+        out.append({"step": rec["step"], "ents_f": None if f is None else f / 100.0})
     return out
 
 
 def events_of(run: Run) -> List[Dict[str, Any]]:
     """E-step/teacher events: embedded in the JSON, else read from paths.events."""
-    if run.get("events"):
-        return run["events"]
-    path = resolve_path((run.get("paths") or {}).get("events"))
-    if path is None or not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf8").splitlines() if line.strip()]
+    embedded, records = embedded_or_logged(run, "events", "events")
+    if embedded:
+        return records
     return [r for r in records if r.get("event") in ("estep", "teacher")]
 
 
