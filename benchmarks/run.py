@@ -58,6 +58,10 @@ SCHEDULES: Dict[str, Schedule] = {
     "twitter": Schedule(150, 900, 300, 150, "hard", 1500, 100),
     "conll03": Schedule(878, 900, 450, 878, "soft", 3000, 300),
 }
+# CoNLL03 with OUR distant labels (`build-kb` packs + `distant` on the raw train text) instead of
+# BOND's: same gold dev/test and schedule, so `conll03` vs `conll03_kb` compares the labels only.
+SCHEDULES["conll03_kb"] = SCHEDULES["conll03"]
+OWN_LABELS: Dict[str, Tuple[str, str]] = {"conll03_kb": ("conll03", "roster/conll/train_text.txt")}
 
 # Where `python -m spacy_bond_moe convert` reads each dataset (relative to the data root).
 DATA_SOURCES: Dict[str, Tuple[str, str]] = {
@@ -213,9 +217,39 @@ def data_root() -> Path:
     return shared if shared.is_dir() else ROOT / "assets"
 
 
+def _run_or_fail(cmd: List[str], what: str) -> None:
+    print(f"[bench] {what}: {shlex.join(cmd)}", flush=True)
+    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+        raise RunFailed(f"{what} failed")
+
+
+def ensure_own_labels(dataset: str, corpus_dir: Path) -> None:
+    """Build `dataset` from its base corpus: our distant labels on train, the base's gold dev/test.
+
+    dev.spacy is written last, so an interrupted build is redone (ensure_corpus checks it).
+    """
+    base, text = OWN_LABELS[dataset]
+    base_dir = corpus_dir.parent / base
+    ensure_corpus(base, base_dir)
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    python = [sys.executable, "-m", "spacy_bond_moe"]
+    kb = corpus_dir / "kb.jsonl"
+    _run_or_fail(python + ["build-kb", str(kb)], f"building the KB packs for {dataset}")
+    _run_or_fail(python + ["distant", str(data_root() / text), str(corpus_dir / "train.spacy"),
+                           "--kb", str(kb), "--format", "tokens", "--no-progress"],
+                 f"labelling {dataset}'s train text")
+    for split in ("test", "dev"):
+        if (base_dir / f"{split}.spacy").is_file():
+            shutil.copyfile(base_dir / f"{split}.spacy", corpus_dir / f".{split}.spacy.tmp")
+            os.replace(corpus_dir / f".{split}.spacy.tmp", corpus_dir / f"{split}.spacy")
+
+
 def ensure_corpus(dataset: str, corpus_dir: Path) -> None:
     """Convert the dataset with `python -m spacy_bond_moe convert` unless train/dev.spacy exist."""
     if (corpus_dir / "train.spacy").is_file() and (corpus_dir / "dev.spacy").is_file():
+        return
+    if dataset in OWN_LABELS:
+        ensure_own_labels(dataset, corpus_dir)
         return
     rel, fmt = DATA_SOURCES[dataset]
     src = data_root() / rel

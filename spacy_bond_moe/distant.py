@@ -33,6 +33,7 @@ Pattern = Union[str, List[Dict[str, object]]]
 DEFAULT_PRIORITY = ("ORG", "PER", "LOC", "MISC")
 CAPITALISED_LABELS = ("PER", "ORG", "LOC")
 INPUT_FORMATS = ("text", "tokens", "jsonl", "spacy")
+PHRASE_CHUNK = 10000  # phrase patterns tokenised and added to the PhraseMatcher at a time
 
 
 class DistantError(ValueError):
@@ -255,7 +256,9 @@ class DistantLabeller:
                 self.matcher.add(self._key("kb", entry.label, entry.source), [entry.pattern])
         for (label, source), texts in phrases.items():
             key = self._key("kb", label, source)
-            self.phrase_matcher.add(key, list(nlp.tokenizer.pipe(texts, batch_size=10000)))
+            for start in range(0, len(texts), PHRASE_CHUNK):  # bounded memory for huge KBs
+                chunk = texts[start : start + PHRASE_CHUNK]
+                self.phrase_matcher.add(key, list(nlp.tokenizer.pipe(chunk, batch_size=1000)))
         for rule in select_rules(rules):
             key = self._key("rule", rule.label, rule.name)
             self._rules[self.nlp.vocab.strings[key]] = rule
