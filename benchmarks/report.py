@@ -67,14 +67,63 @@ Run = Dict[str, Any]
 
 
 def load_runs(results: Path) -> List[Run]:
-    """Every ``*.json`` of the results folder, with ``_file`` set to its name."""
+    """Every training-run JSON (``<dataset>__<system>__seed<n>.json``) of the results folder,
+    with ``_file`` set to its name."""
     runs = []
-    for path in sorted(results.glob("*.json")):
+    for path in sorted(results.glob("*__*__seed*.json")):
         data = json.loads(path.read_text(encoding="utf8"))
         data["_file"] = path.name
         data["_path"] = path
         runs.append(data)
     return runs
+
+
+def load_extra(results: Path, name: str) -> Optional[Dict[str, Any]]:
+    """A non-run result (label quality, KB scale, speed), or None if it was not measured."""
+    path = results / name
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf8"))
+    data["_file"] = path.name
+    return data
+
+
+def labels_section(runs: Sequence[Run], quality: Optional[Dict[str, Any]],
+                   scale: Optional[Dict[str, Any]]) -> List[str]:
+    """Our distant labels on CoNLL03: label quality, the 1M-name KB check, and training on them."""
+    lines = ["## CoNLL03: our distant labels (offline KB packs + rules) vs BOND's", ""]
+    if quality is None:
+        return lines + [NOT_RUN, ""]
+    lines += [f"Entity-level scores of the training labels against the gold train labels "
+              f"({quality['n_sentences']} sentences; gold used for this measurement only), from "
+              f"`{quality['_file']}` (`{quality['command']}`, commit {quality.get('git_commit', '?')[:10]}).", ""]
+    types = ("PER", "ORG", "LOC", "MISC")
+
+    def row(name: str, r: Dict[str, Any]) -> List[str]:
+        return [name] + [fmt_num(100 * r[k]) for k in ("p", "r", "f")] + [
+            fmt_num(100 * (r["per_type"].get(t) or {}).get("f", 0.0)) for t in types]
+
+    rows = [row("**ours** (all packs, all rules, name propagation)", quality["ours"]),
+            row("BOND's distant labels", quality["bond"])]
+    rows += [row(f"ours, {name}", r) for name, r in quality.get("ablations", {}).items()]
+    lines += table(["labels", "P", "R", "F1"] + [f"{t} F1" for t in types], rows) + [""]
+    if scale is not None:
+        lines += [f"Scale: a KB of {scale['n_synthetic_names']:,} synthetic person names "
+                  f"({scale['kb_file_mb']} MB TSV) + the packs ({scale['kb_phrases_loaded']:,} phrases) "
+                  f"labels the {scale['n_docs']:,} CoNLL03 train sentences in "
+                  f"{scale['labeller_wall_seconds']:.0f} s, peak RSS {scale['labeller_peak_rss_mb']:.0f} MB "
+                  f"(`{scale['command']}`; load average at the end {scale['loadavg_at_end'][0]}).", ""]
+    pairs = [(r, o) for r in runs if r["dataset"] == "conll03"
+             for o in runs if o["dataset"] == "conll03_kb" and o["system"] == r["system"]
+             and o["seed"] == r["seed"] and o["steps"] == r["steps"]]
+    lines += ["Training on each label set (same system, seed and step cap; gold dev selects the "
+              "checkpoint; gold test F1 %):", ""]
+    rows = [[f"`{r['system']}`", str(r["seed"]), str(r["steps"]), fmt_num(metric(r, "eval_at_best")),
+             fmt_num(metric(o, "eval_at_best")), fmt_num(metric(r, "eval_at_last")),
+             fmt_num(metric(o, "eval_at_last"))] for r, o in pairs]
+    lines += table(["system", "seed", "steps", "BOND labels (dev-best)", "our labels (dev-best)",
+                    "BOND labels (last)", "our labels (last)"], rows or [[NOT_RUN] * 7]) + [""]
+    return lines
 
 
 def system_rank(system: str) -> int:
@@ -300,7 +349,8 @@ def plot_experts(run: Run, path: Path) -> bool:
 # ----------------------------------------------------------------------------- report
 
 
-def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = True) -> str:
+def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = True,
+                 quality: Optional[Dict[str, Any]] = None, scale: Optional[Dict[str, Any]] = None) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
     selected = {r["_file"] for group in main.values() for r in group}
@@ -371,6 +421,8 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
         lines += table(["system"] + labels, rows) + [""]
     if not any_type:
         lines += [NOT_RUN, ""]
+
+    lines += labels_section(runs, quality, scale)
 
     # Speed / memory
     lines += ["## Speed and memory (per run)", "",
@@ -459,7 +511,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = args.out.resolve()
     plots = (args.plots or out.parent / "plots").resolve()
     runs = load_runs(args.results) if args.results.is_dir() else []
-    text = build_report(runs, out, plots, make_plots=not args.no_plots)
+    text = build_report(runs, out, plots, make_plots=not args.no_plots,
+                        quality=load_extra(args.results, "label_quality__conll03.json"),
+                        scale=load_extra(args.results, "kb_scale.json"))
     write_text_atomic(out, text + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return 0

@@ -223,3 +223,29 @@ def test_report_without_results(tmp_path):
     assert report.main(["--results", str(tmp_path / "missing"), "--out", str(out), "--no-plots"]) == 0
     text = out.read_text()
     assert "from 0 JSON file(s)" in text and text.count("not run") > 20
+
+
+def test_report_label_section_pairs_conll03_runs(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    quality = {
+        "n_sentences": 10, "command": "python benchmarks/label_quality.py", "git_commit": "abcdef0123456",
+        "ours": scores(0.619, {"PER": 0.678, "ORG": 0.293}), "bond": scores(0.71, {"ORG": 0.718}),
+        "ablations": {"kb only (no rules)": scores(0.562)},
+    }
+    (results / "label_quality__conll03.json").write_text(json.dumps(quality))
+    for dataset, f in (("conll03", 0.70), ("conll03_kb", 0.60)):
+        data = fake_run(dataset, "bond_moe_cnn", 0, f, 3000, 3000)
+        (results / f"{dataset}__bond_moe_cnn__seed0.json").write_text(json.dumps(data))
+    # different cap: not paired
+    (results / "conll03_kb__bond_moe_cnn__seed1.json").write_text(
+        json.dumps(fake_run("conll03_kb", "bond_moe_cnn", 1, 0.1, 100, 3000)))
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
+    text = out.read_text()
+    assert "from 3 JSON file(s)" in text  # the label-quality JSON is not a run
+    section = text.split("## CoNLL03: our distant labels")[1].split("## Speed")[0]
+    assert "| **ours** (all packs, all rules, name propagation) | 61.9 | 61.9 | 61.9 | 67.8 | 29.3 |" in section
+    assert "| ours, kb only (no rules) | 56.2 |" in section
+    assert "| `bond_moe_cnn` | 0 | 3000 | 70.0 | 60.0 | 65.0 | 55.0 |" in section
+    assert "| `bond_moe_cnn` | 1 |" not in section
