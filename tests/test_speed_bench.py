@@ -1,0 +1,167 @@
+"""benchmarks/speed.py: the JSON of a tiny run (CNN config, toy corpus, 2 steps) and its parsers.
+
+No timing assertions: only that every figure is there, positive and consistent.
+"""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import spacy
+
+from .conftest import make_examples, write_docbin
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("k1", "k3_shared", "k3_separate")
+
+
+def load_speed():
+    spec = importlib.util.spec_from_file_location("bench_speed", ROOT / "benchmarks" / "speed.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+speed = load_speed()
+
+
+@pytest.fixture(scope="module")
+def toy_corpus(tmp_path_factory) -> Path:
+    nlp = spacy.blank("en")
+    directory = tmp_path_factory.mktemp("speed_corpus")
+    write_docbin(directory / "train.spacy",
+                 [eg.reference for eg in make_examples(nlp, copies=10, prefix="train")])
+    write_docbin(directory / "dev.spacy",
+                 [eg.reference for eg in make_examples(nlp, copies=2, prefix="dev")])
+    return directory
+
+
+def run_script(corpus: Path, out: Path, *extra: str) -> dict:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--config", "configs/cnn.cfg",
+           "--train", str(corpus / "train.spacy"), "--dev", str(corpus / "dev.spacy"),
+           "--steps", "2", "--warmup", "1", "--pipe-repeats", "1", "--out", str(out), *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "train w/s" in proc.stdout  # the table
+    return json.loads(out.read_text(encoding="utf8"))
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+def check_variant(name: str, res: dict, n_train: int) -> None:
+    assert "error" not in res, res
+    assert res["n_experts"] == (1 if name == "k1" else 3)
+    assert res["expert_mode"] == ("separate" if name == "k3_separate" else "shared")
+    train = res["train"]
+    assert train["steps"] == 2 and train["warmup"] == 1 and train["batch_sentences"] == 16
+    for key in ("words", "seconds", "words_per_s", "s_per_step", "epoch_s"):
+        assert positive(train[key]), key
+    assert train["words_per_s"] == pytest.approx(train["words"] / train["seconds"])
+    assert train["epoch_steps"] == pytest.approx(n_train / 16)
+    assert train["epoch_s"] == pytest.approx(train["epoch_steps"] * train["s_per_step"])
+    for key in ("teacher_snapshot_s", "teacher_refresh_s", "pipe_words_per_s", "peak_rss_mb",
+                "n_params", "torch_threads", "build_init_s", "model_size_mb"):
+        assert positive(res[key]), key
+    assert res["n_train_docs"] == n_train
+    if name == "k1":
+        assert res["estep_s"] is None and res["estep_share"] is None
+    else:
+        assert positive(res["estep_s"])
+        assert 0 < res["estep_share"] < 1
+        assert res["estep_share"] == pytest.approx(
+            res["estep_s"] / (res["estep_s"] + train["epoch_s"]))
+        assert res["estep_over_epoch"] == pytest.approx(res["estep_s"] / train["epoch_s"])
+        assert sum(res["estep_loads"]) == n_train
+
+
+def test_speed_script_all_variants(toy_corpus, tmp_path):
+    out = tmp_path / "speed.json"
+    data = run_script(toy_corpus, out, "--no-spacy-benchmark")
+    assert list(data["variants"]) == list(VARIANTS)
+    for name, res in data["variants"].items():
+        check_variant(name, res, n_train=40)
+        assert res["spacy_benchmark"] is None
+    variants = data["variants"]
+    # separate = 3 encoders: about 3x the parameters of one shared encoder + 3 heads
+    assert variants["k3_separate"]["n_params"] > 2.5 * variants["k1"]["n_params"]
+    assert variants["k3_shared"]["n_params"] > variants["k1"]["n_params"]
+    ratios = data["ratios"]
+    for key in ("train_wps_k3_shared_over_k1", "train_wps_k3_separate_over_k1",
+                "pipe_wps_k3_shared_over_k1", "pipe_wps_k3_separate_over_k1",
+                "peak_rss_k3_shared_over_k1", "peak_rss_k3_separate_over_k1"):
+        assert positive(ratios[key]) and ratios[key] < 20, key
+    assert ratios["infer_wps_k3_shared_over_k1"] is None  # no spacy benchmark
+    assert ratios["train_wps_k3_shared_over_k1"] == pytest.approx(
+        variants["k3_shared"]["train"]["words_per_s"] / variants["k1"]["train"]["words_per_s"])
+    targets = data["targets"]
+    assert targets["infer_wps_k3_shared_over_k1"]["source"] == "nlp.pipe"
+    assert targets["estep_share_k3_shared"]["met"] in (True, False)
+    assert targets["train_wps_k3_shared_over_k1"]["target"] == ">= 0.87"
+    machine = data["machine"]
+    assert machine["cores"] >= 1 and machine["torch_threads"] >= 1
+    assert len(machine["loadavg_at_start"]) == 3 and len(machine["loadavg_at_end"]) == 3
+    assert "benchmarks/speed.py" in data["command"] and "git" in data
+    assert data["settings"]["steps"] == 2 and data["config"] == "configs/cnn.cfg"
+
+
+def test_speed_script_spacy_benchmark(toy_corpus, tmp_path):
+    out = tmp_path / "speed.json"
+    data = run_script(toy_corpus, out, "--variants", "k1", "--bench-batch-size", "2",
+                      "--bench-warmup", "0")
+    res = data["variants"]["k1"]
+    check_variant("k1", res, n_train=40)
+    bench = res["spacy_benchmark"]
+    assert positive(bench["words_per_s"]) and positive(bench["peak_rss_mb"])
+    assert bench["ci95_low"] <= bench["words_per_s"] <= bench["ci95_high"]
+    assert bench["batches"] == 30 and bench["batch_size"] == 2
+    assert data["ratios"]["train_wps_k3_shared_over_k1"] is None  # k3 not run
+
+
+def test_parse_spacy_benchmark():
+    output = ("Warming up for 1 epochs...\n\nBenchmarking 30 batches...\n\n"
+              "Outliers: 3.3%, extreme outliers: 0.0%\n"
+              "Mean: 1523.4 words/s (95% CI: -41.2 +38.9)\n")
+    parsed = speed.parse_spacy_benchmark(output)
+    assert parsed == pytest.approx({"words_per_s": 1523.4, "ci95_low": 1482.2,
+                                    "ci95_high": 1562.3, "outliers_pct": 3.3})
+    with pytest.raises(ValueError):
+        speed.parse_spacy_benchmark("Traceback ...")
+
+
+def test_ratios_and_targets():
+    results = {
+        "k1": {"train": {"words_per_s": 200.0}, "spacy_benchmark": {"words_per_s": 600.0},
+               "pipe_words_per_s": 500.0, "peak_rss_mb": 1000.0, "estep_share": None},
+        "k3_shared": {"train": {"words_per_s": 180.0}, "spacy_benchmark": {"words_per_s": 510.0},
+                      "pipe_words_per_s": 450.0, "peak_rss_mb": 1100.0, "estep_share": 0.12},
+        "k3_separate": {"error": "exit 1"},
+    }
+    ratios = speed.compute_ratios(results)
+    assert ratios["train_wps_k3_shared_over_k1"] == pytest.approx(0.9)
+    assert ratios["infer_wps_k3_shared_over_k1"] == pytest.approx(0.85)
+    assert ratios["train_wps_k3_separate_over_k1"] is None
+    targets = speed.check_targets(results, ratios)
+    assert targets["train_wps_k3_shared_over_k1"]["met"] is True
+    assert targets["infer_wps_k3_shared_over_k1"]["met"] is False
+    assert targets["infer_wps_k3_shared_over_k1"]["source"] == "spacy benchmark speed"
+    assert targets["estep_share_k3_shared"]["met"] is True
+    assert targets["estep_share_k3_separate"]["met"] is None
+
+
+def test_cli_validation(toy_corpus):
+    base = ["--train", str(toy_corpus / "train.spacy"), "--dev", str(toy_corpus / "dev.spacy")]
+    args = speed.parse_args(base + ["--variants", "k3_shared,k1"])
+    assert args.variant_list == ["k3_shared", "k1"] and args.config.name == "minilm.cfg"
+    assert args.steps == 50 and args.warmup == 3 and args.bench_batches == 30
+    for bad in (["--variants", "k2"], ["--bench-batches", "20"], ["--steps", "0"],
+                ["--config", "nope.cfg"]):
+        with pytest.raises(SystemExit):
+            speed.parse_args(base + bad)
+    assert speed.default_out(ROOT / "configs" / "minilm.cfg", ROOT / "corpus" / "webpage" / "train.spacy") \
+        == ROOT / "benchmarks" / "results" / "speed__webpage__minilm.json"
