@@ -96,17 +96,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="folder with roster/conll (default: $BOND_MOE_DATA_MIRROR, ../shared/datasets, assets)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "label_quality__conll03.json")
     parser.add_argument("--no-ablations", action="store_true", help="only the full labeller and BOND")
+    parser.add_argument("--split", choices=("train", "valid", "test"), default="train",
+                        help="CoNLL03 split to label and score (BOND's distant labels exist for train only)")
     args = parser.parse_args(argv)
     data = args.data or Path(os.environ.get("BOND_MOE_DATA_MIRROR") or ROOT.parent / "shared" / "datasets")
     if not (data / "roster" / "conll").is_dir():
         data = ROOT / "assets"
     conll = data / "roster" / "conll"
-    text = conll / "train_text.txt"
-    gold_docs = roster_docs(text, conll / "train_label_true.txt")
+    text = conll / f"{args.split}_text.txt"
+    gold_docs = roster_docs(text, conll / f"{args.split}_label_true.txt")
     gold = spans_of(gold_docs)
     words = [[t.text for t in doc] for doc in gold_docs]
-    bond = prf(spans_of(roster_docs(text, conll / "train_label_dist.txt")), gold)
-    print(line("BOND distant labels", bond), flush=True)
+    bond = None
+    if args.split == "train":
+        bond = prf(spans_of(roster_docs(text, conll / "train_label_dist.txt")), gold)
+        print(line("BOND distant labels", bond), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         kb_files: Dict[str, Path] = {}
@@ -142,9 +146,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = {
         "schema": 1,
         "dataset": "conll03",
-        "split": "train",
+        "split": args.split,
         "n_sentences": len(gold_docs),
-        "command": "python benchmarks/label_quality.py" + (" --no-ablations" if args.no_ablations else ""),
+        "command": "python benchmarks/label_quality.py" + (" --no-ablations" if args.no_ablations else "")
+                   + (f" --split {args.split} --out {args.out.name}" if args.split != "train" else ""),
         "packs": list(PACKS),
         "rules": list(RULES),
         "kb_build_seconds": build_seconds,
