@@ -88,6 +88,42 @@ def load_extra(results: Path, name: str) -> Optional[Dict[str, Any]]:
     return data
 
 
+def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, Any]]) -> List[str]:
+    """The dedicated K-experts speed/memory measurement (benchmarks/speed.py) and the A/B profile."""
+    lines = ["## Speed and memory of the K experts (dedicated measurement)", ""]
+    if speed is None:
+        return lines + [NOT_RUN, ""]
+    lines += [f"`{speed['command']}` → `{speed['_file']}` (commit {(speed.get('git') or {}).get('commit', '?')[:10]}): "
+              "one child process per variant on the same machine, the same seeded batches of 16 "
+              "sentences, no E-step/teacher during the timed steps; inference = `spacy benchmark speed` "
+              "on the dev split (and in-process `nlp.pipe`).", ""]
+    rows = []
+    for name, v in speed["variants"].items():
+        bench = v.get("spacy_benchmark") or {}
+        rows.append([f"`{name}`", fmt_num(v["train"]["words_per_s"], 0), fmt_num(v["train"]["s_per_step"], 3),
+                     fmt_num(v["train"]["step_s"]["std"], 3),
+                     fmt_num(v.get("estep_s"), 2),
+                     "-" if v.get("estep_share") is None else f"{100 * v['estep_share']:.1f}%",
+                     fmt_num(v.get("teacher_snapshot_s"), 2), fmt_num(v.get("teacher_refresh_s"), 2),
+                     fmt_num(bench.get("words_per_s"), 0), fmt_num(v.get("pipe_words_per_s"), 0),
+                     fmt_num(v.get("peak_rss_mb"), 0), fmt_num(v["n_params"] / 1e6, 1)])
+    lines += table(["variant", "train words/s", "s/step", "std s/step", "E-step s", "E-step share",
+                    "teacher snapshot s", "refresh s", "infer words/s (spacy benchmark)",
+                    "nlp.pipe words/s", "peak RSS MB", "params M"], rows) + [""]
+    rows = [[f"`{name}`", t["target"], fmt_num(t["value"], 3), "met" if t["met"] else "**not met**"]
+            for name, t in speed["targets"].items()]
+    lines += table(["ratio / share", "target", "measured", ""], rows) + [""]
+    if profile is not None:
+        top = ", ".join(f"{r['function']} +{r['seconds']:.3f}s" for r in profile["top_own_time_growth_s_per_step"][:3])
+        lines += [f"A/B profile (`{profile['command']}`, both pipelines in one process, updates "
+                  f"alternated on the same batches, cProfile): s/step K=1 {profile['s_per_step']['k1']:.3f}, "
+                  f"K=3 shared {profile['s_per_step']['k3_shared']:.3f} → training throughput ratio "
+                  f"K=3/K=1 = **{profile['ratio_k1_over_k3']:.3f}** (load average "
+                  f"{profile['loadavg'][0]}→{profile['loadavg'][1]}; the cProfile overhead is in both). "
+                  f"Largest own-time growths per step: {top}.", ""]
+    return lines
+
+
 def labels_section(runs: Sequence[Run], quality: Optional[Dict[str, Any]],
                    scale: Optional[Dict[str, Any]]) -> List[str]:
     """Our distant labels on CoNLL03: label quality, the 1M-name KB check, and training on them."""
@@ -350,7 +386,8 @@ def plot_experts(run: Run, path: Path) -> bool:
 
 
 def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = True,
-                 quality: Optional[Dict[str, Any]] = None, scale: Optional[Dict[str, Any]] = None) -> str:
+                 quality: Optional[Dict[str, Any]] = None, scale: Optional[Dict[str, Any]] = None,
+                 speed: Optional[Dict[str, Any]] = None, profile: Optional[Dict[str, Any]] = None) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
     selected = {r["_file"] for group in main.values() for r in group}
@@ -423,6 +460,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
         lines += [NOT_RUN, ""]
 
     lines += labels_section(runs, quality, scale)
+    lines += speed_section(speed, profile)
 
     # Speed / memory
     lines += ["## Speed and memory (per run)", "",
@@ -513,7 +551,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runs = load_runs(args.results) if args.results.is_dir() else []
     text = build_report(runs, out, plots, make_plots=not args.no_plots,
                         quality=load_extra(args.results, "label_quality__conll03.json"),
-                        scale=load_extra(args.results, "kb_scale.json"))
+                        scale=load_extra(args.results, "kb_scale.json"),
+                        speed=load_extra(args.results, "speed__webpage__minilm.json"),
+                        profile=load_extra(args.results, "profile_experts.json"))
     write_text_atomic(out, text + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return 0

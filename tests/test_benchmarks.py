@@ -201,7 +201,7 @@ def test_report_tables_and_plots(tmp_path):
     assert "w/o MoE (= `bond` runs, K=1) | not run | 78.45" in table2
     per_type = text.split("## Per-type")[1].split("## Speed")[0]
     assert "| `bond_moe` | 27.5 ± 3.5 (n=2) | 55.0 ± 7.1 (n=2) |" in per_type  # LOC, PER
-    speed = text.split("## Speed")[1].split("## Plots")[0]
+    speed = text.split("## Speed and memory (per run)")[1].split("## Plots")[0]
     assert "| webpage | `bond_moe` | 0 | 600 | 2.0 | 700 | 1500 | 2/2 | 1.0/2.0 |" in speed
     other = text.split("## Other runs")[1].split("## Source files")[0]
     assert "webpage__bond_moe__seed5.json" in other and "5.0" in other
@@ -249,3 +249,25 @@ def test_report_label_section_pairs_conll03_runs(tmp_path):
     assert "| ours, kb only (no rules) | 56.2 |" in section
     assert "| `bond_moe_cnn` | 0 | 3000 | 70.0 | 60.0 | 65.0 | 55.0 |" in section
     assert "| `bond_moe_cnn` | 1 |" not in section
+
+
+def test_report_speed_section(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+
+    def variant(wps: float, estep: Optional[float]) -> Dict[str, Any]:
+        return {"train": {"words_per_s": wps, "s_per_step": 1.0, "step_s": {"std": 0.1}}, "estep_s": estep,
+                "estep_share": None if estep is None else 0.1, "teacher_snapshot_s": 2.0,
+                "teacher_refresh_s": 2.1, "spacy_benchmark": {"words_per_s": 1000.0},
+                "pipe_words_per_s": 700.0, "peak_rss_mb": 2000.0, "n_params": 22_700_000}
+
+    speed = {"command": "python benchmarks/speed.py", "git": {"commit": "abc"},
+             "variants": {"k1": variant(300.0, None), "k3_shared": variant(250.0, 2.0)},
+             "targets": {"train_wps_k3_shared_over_k1": {"value": 0.833, "target": ">= 0.87", "met": False}}}
+    (results / "speed__webpage__minilm.json").write_text(json.dumps(speed))
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
+    section = out.read_text().split("## Speed and memory of the K experts")[1].split("## Speed and memory (per run)")[0]
+    assert "| `k3_shared` | 250 | 1.000 | 0.100 | 2.00 | 10.0% | 2.00 | 2.10 | 1000 | 700 | 2000 | 22.7 |" in section
+    assert "| `train_wps_k3_shared_over_k1` | >= 0.87 | 0.833 | **not met** |" in section
+    assert "A/B profile" not in section  # no profile JSON
