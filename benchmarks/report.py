@@ -125,7 +125,8 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
 
 
 def labels_section(runs: Sequence[Run], quality: Optional[Dict[str, Any]],
-                   scale: Optional[Dict[str, Any]]) -> List[str]:
+                   scale: Optional[Dict[str, Any]],
+                   test_quality: Optional[Dict[str, Any]] = None) -> List[str]:
     """Our distant labels on CoNLL03: label quality, the 1M-name KB check, and training on them."""
     lines = ["## CoNLL03: our distant labels (offline KB packs + rules) vs BOND's", ""]
     if quality is None:
@@ -159,6 +160,11 @@ def labels_section(runs: Sequence[Run], quality: Optional[Dict[str, Any]],
              fmt_num(metric(o, "eval_at_last"))] for r, o in pairs]
     lines += table(["system", "seed", "steps", "BOND labels (dev-best)", "our labels (dev-best)",
                     "BOND labels (last)", "our labels (last)"], rows or [[NOT_RUN] * 7]) + [""]
+    if test_quality is not None:
+        o = test_quality["ours"]
+        lines += [f"For reference, our labeller applied directly to the gold **test** text "
+                  f"(`{test_quality['command']}`): P {100 * o['p']:.1f} R {100 * o['r']:.1f} "
+                  f"F1 {100 * o['f']:.1f}.", ""]
     return lines
 
 
@@ -387,7 +393,8 @@ def plot_experts(run: Run, path: Path) -> bool:
 
 def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = True,
                  quality: Optional[Dict[str, Any]] = None, scale: Optional[Dict[str, Any]] = None,
-                 speed: Optional[Dict[str, Any]] = None, profile: Optional[Dict[str, Any]] = None) -> str:
+                 speed: Optional[Dict[str, Any]] = None, profile: Optional[Dict[str, Any]] = None,
+                 test_quality: Optional[Dict[str, Any]] = None) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
     selected = {r["_file"] for group in main.values() for r in group}
@@ -459,7 +466,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     if not any_type:
         lines += [NOT_RUN, ""]
 
-    lines += labels_section(runs, quality, scale)
+    lines += labels_section(runs, quality, scale, test_quality)
     lines += speed_section(speed, profile)
 
     # Speed / memory
@@ -553,7 +560,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         quality=load_extra(args.results, "label_quality__conll03.json"),
                         scale=load_extra(args.results, "kb_scale.json"),
                         speed=load_extra(args.results, "speed__webpage__minilm.json"),
-                        profile=load_extra(args.results, "profile_experts.json"))
+                        profile=load_extra(args.results, "profile_experts.json"),
+                        test_quality=load_extra(args.results, "label_quality__conll03_test.json"))
     write_text_atomic(out, text + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return 0
