@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -71,6 +72,8 @@ def load_runs(results: Path) -> List[Run]:
     with ``_file`` set to its name."""
     runs = []
     for path in sorted(results.glob("*__*__seed*.json")):
+        if not re.fullmatch(r"[a-z0-9_]+__[a-z0-9_]+__seed\d+\.json", path.name):
+            continue  # e.g. experts__<run>__<split>.json
         data = json.loads(path.read_text(encoding="utf8"))
         data["_file"] = path.name
         data["_path"] = path
@@ -122,6 +125,24 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
                   f"{profile['loadavg'][0]}→{profile['loadavg'][1]}; the cProfile overhead is in both). "
                   f"Largest own-time growths per step: {top}.", ""]
     return lines
+
+
+def experts_section(results: Path) -> List[str]:
+    """Per-expert F1 and agreement of trained pipelines (benchmarks/expert_agreement.py)."""
+    lines = ["## Do the experts differ? (`benchmarks/expert_agreement.py`)", "",
+             "Each expert decoded alone vs the mixture (entity F1 %), and per pair of experts the share "
+             "of tokens with the same argmax tag / the mean total-variation distance of their token "
+             "distributions.", ""]
+    rows = []
+    for path in sorted(results.glob("experts__*.json")):
+        data = json.loads(path.read_text(encoding="utf8"))
+        scores = data["entity_scores"]
+        experts = " / ".join(fmt_num(100 * scores[f"expert_{i}"]["f"]) for i in range(data["n_experts"]))
+        pairs = ", ".join(f"{k}: {v['argmax_agreement']:.2f} / {v['mean_tv_distance']:.2f}"
+                          for k, v in data["pairs"].items())
+        rows.append([f"`{path.name}`", experts, fmt_num(100 * scores["mixture"]["f"]), pairs])
+    return lines + table(["analysis", "experts alone (F1)", "mixture (F1)", "agreement / TV per pair"],
+                         rows or [[NOT_RUN] * 4]) + [""]
 
 
 def labels_section(runs: Sequence[Run], quality: Optional[Dict[str, Any]],
@@ -394,7 +415,7 @@ def plot_experts(run: Run, path: Path) -> bool:
 def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = True,
                  quality: Optional[Dict[str, Any]] = None, scale: Optional[Dict[str, Any]] = None,
                  speed: Optional[Dict[str, Any]] = None, profile: Optional[Dict[str, Any]] = None,
-                 test_quality: Optional[Dict[str, Any]] = None) -> str:
+                 test_quality: Optional[Dict[str, Any]] = None, out_results: Optional[Path] = None) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
     selected = {r["_file"] for group in main.values() for r in group}
@@ -466,6 +487,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     if not any_type:
         lines += [NOT_RUN, ""]
 
+    lines += experts_section(out_results) if out_results is not None else []
     lines += labels_section(runs, quality, scale, test_quality)
     lines += speed_section(speed, profile)
 
@@ -561,7 +583,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         scale=load_extra(args.results, "kb_scale.json"),
                         speed=load_extra(args.results, "speed__webpage__minilm.json"),
                         profile=load_extra(args.results, "profile_experts.json"),
-                        test_quality=load_extra(args.results, "label_quality__conll03_test.json"))
+                        test_quality=load_extra(args.results, "label_quality__conll03_test.json"),
+                        out_results=args.results if args.results.is_dir() else None)
     write_text_atomic(out, text + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return 0

@@ -271,3 +271,18 @@ def test_report_speed_section(tmp_path):
     assert "| `k3_shared` | 250 | 1.000 | 0.100 | 2.00 | 10.0% | 2.00 | 2.10 | 1000 | 700 | 2000 | 22.7 |" in section
     assert "| `train_wps_k3_shared_over_k1` | >= 0.87 | 0.833 | **not met** |" in section
     assert "A/B profile" not in section  # no profile JSON
+
+
+def test_report_experts_section_and_run_file_names(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    agreement = {"n_experts": 2, "entity_scores": {"expert_0": {"f": 0.4}, "expert_1": {"f": 0.1},
+                                                   "mixture": {"f": 0.5}},
+                 "pairs": {"0-1": {"argmax_agreement": 0.75, "mean_tv_distance": 0.25}}}
+    # named like a run JSON plus a suffix: must not be read as a run
+    (results / "experts__webpage__bond_moe__seed0__test.json").write_text(json.dumps(agreement))
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
+    text = out.read_text()
+    assert "from 0 JSON file(s)" in text
+    assert "| `experts__webpage__bond_moe__seed0__test.json` | 40.0 / 10.0 | 50.0 | 0-1: 0.75 / 0.25 |" in text

@@ -1,0 +1,91 @@
+"""Do the K experts of a trained pipeline differ? Per-expert F1 and pairwise agreement.
+
+    python benchmarks/expert_agreement.py runs/bench/webpage__bond_moe__seed0/model-best corpus/webpage/test.spacy
+
+Decodes every expert ALONE (its own probabilities, the same constrained Viterbi as the
+mixture) and the mixture, scores each against the gold docs (entity-level P/R/F1), and
+measures how often two experts pick the same tag for a token (argmax) and the mean total-
+variation distance between their token distributions. Identical experts (agreement ~1, TV ~0)
+mean the mixture is one model. Writes JSON next to the other results.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy
+import spacy
+from spacy.tokens import DocBin
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from spacy_bond_moe.tags import tags_to_spans, transition_mask, viterbi_decode  # noqa: E402
+
+
+def prf(pred: List[Set[Tuple[int, int, str]]], gold: List[Set[Tuple[int, int, str]]]) -> Dict[str, float]:
+    tp = sum(len(p & g) for p, g in zip(pred, gold))
+    n_pred, n_gold = sum(map(len, pred)), sum(map(len, gold))
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_gold if n_gold else 0.0
+    return {"p": round(p, 4), "r": round(r, 4), "f": round(2 * p * r / (p + r) if p + r else 0.0, 4)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--component", default="bond_moe_ner")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/experts__<run dir name>__<data stem>.json")
+    args = parser.parse_args(argv)
+    nlp = spacy.load(args.model)
+    pipe = nlp.get_pipe(args.component)
+    gold_docs = list(DocBin().from_disk(args.data).get_docs(nlp.vocab))
+    docs = [doc.copy() for doc in gold_docs]
+    for name, proc in nlp.pipeline:
+        if name == args.component:
+            break
+        docs = list(proc.pipe(docs))
+    probs = [pipe.model.ops.to_numpy(p) for p in pipe.predict(docs)]  # (n, K, C) per doc
+    tags = pipe.tags
+    start, trans = transition_mask(tags)
+    k = pipe.n_experts
+    gold = [{(e.start, e.end, e.label_) for e in d.ents} for d in gold_docs]
+
+    def decode(dist: numpy.ndarray, doc: Any) -> Set[Tuple[int, int, str]]:
+        if len(doc) == 0:
+            return set()
+        path = viterbi_decode(numpy.log(dist + 1e-12), start, trans)
+        return {(s.start, s.end, s.label_) for s in tags_to_spans(doc, path, tags)}
+
+    scores = {f"expert_{i}": prf([decode(p[:, i], d) for p, d in zip(probs, docs)], gold) for i in range(k)}
+    scores["mixture"] = prf([decode(pipe.combine(p), d) for p, d in zip(probs, docs)], gold)
+    pairs = {}
+    for a, b in itertools.combinations(range(k), 2):
+        tokens = [(p[:, a], p[:, b]) for p in probs if len(p)]
+        same = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in tokens)
+        n = sum(len(x) for x, _ in tokens)
+        tv = sum(float(0.5 * numpy.abs(x - y).sum()) for x, y in tokens) / max(n, 1)
+        pairs[f"{a}-{b}"] = {"argmax_agreement": round(same / max(n, 1), 4), "mean_tv_distance": round(tv, 4)}
+    result = {"command": f"python benchmarks/expert_agreement.py {args.model} {args.data}",
+              "n_docs": len(docs), "n_experts": k, "entity_scores": scores, "pairs": pairs}
+    out = args.out or ROOT / "benchmarks" / "results" / f"experts__{args.model.parent.name}__{args.data.stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")
+    os.replace(tmp, out)
+    for name, s in scores.items():
+        print(f"{name:10} P {100 * s['p']:5.1f} R {100 * s['r']:5.1f} F1 {100 * s['f']:5.1f}")
+    for pair, s in pairs.items():
+        print(f"experts {pair}: argmax agreement {s['argmax_agreement']:.4f}, mean TV distance {s['mean_tv_distance']:.4f}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
