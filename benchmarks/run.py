@@ -82,6 +82,7 @@ class System:
     n_experts: Optional[int] = None  # None: not a bond_moe_ner config (no EM/teacher overrides)
     fair: bool = True
     self_training: bool = True
+    extra: Tuple[Tuple[str, str], ...] = ()  # further `spacy train` overrides (investigations)
 
 
 # The systems. `wo_moe` (= K=1 with self-training; fairness is moot with one expert, and the E-step
@@ -104,9 +105,15 @@ SYSTEMS: Dict[str, System] = {
                self_training=False),
         System("bond_moe_cnn", "configs/cnn.cfg",
                "BOND-MoE with the HashEmbedCNN encoder: K=3, fair, self-training", n_experts=3),
+        System("bond_moe_head_lr3", "configs/minilm.cfg",
+               "investigation: BOND-MoE with the expert heads' learning rate x3 (each head sees ~1/K "
+               "of the documents)", n_experts=3,
+               extra=((f"--components.{COMPONENT}.head_lr_scale", "3.0"),)),
     )
 }
 ALIASES: Dict[str, str] = {"wo_moe": "bond"}
+# Systems run one by one to test a hypothesis; not part of the --all suite table.
+INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3",)
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.
@@ -191,6 +198,7 @@ def build_overrides(spec: RunSpec) -> Dict[str, str]:
                 str(schedule.teacher_start if system.self_training else 0),
             "--training.before_update.teacher_refresh": str(schedule.teacher_refresh),
         })
+    overrides.update(dict(system.extra))
     return overrides
 
 

@@ -96,7 +96,7 @@ def test_suite_table_cheap_first():
     rows = run.ALL_ROWS
     assert len(rows) == len(set(rows)) == 4 * 3 * len(run.ALL_SYSTEMS)
     assert rows[0] == ("webpage", "bond_moe_cnn", 0) and rows[-1][0] == "conll03"
-    assert {s for _, s, _ in rows} == set(run.SYSTEMS)
+    assert {s for _, s, _ in rows} == set(run.SYSTEMS) - set(run.INVESTIGATIONS)
     datasets = [d for d, _, _ in rows]
     assert datasets == sorted(datasets, key=run.ALL_DATASETS.index)
 
@@ -286,3 +286,12 @@ def test_report_experts_section_and_run_file_names(tmp_path):
     text = out.read_text()
     assert "from 0 JSON file(s)" in text
     assert "| `experts__webpage__bond_moe__seed0__test.json` | 40.0 / 10.0 | 50.0 | 0-1: 0.75 / 0.25 |" in text
+
+
+def test_investigation_system_adds_its_overrides(tmp_path):
+    spec = spec_for(tmp_path, "webpage", "bond_moe_head_lr3")
+    opts = options(run.build_command(spec))
+    assert opts["--components.bond_moe_ner.head_lr_scale"] == "3.0"
+    assert opts["--components.bond_moe_ner.model.n_experts"] == "3"
+    assert "--components.bond_moe_ner.head_lr_scale" not in options(
+        run.build_command(spec_for(tmp_path, "webpage", "bond_moe")))
