@@ -11,8 +11,6 @@ mean the mixture is one model. Writes JSON next to the other results.
 
 import argparse
 import itertools
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
@@ -25,6 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from spacy_bond_moe.tags import tags_to_spans, transition_mask, viterbi_decode  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import write_json_atomic  # noqa: E402
 
 
 def prf(pred: List[Set[Tuple[int, int, str]]], gold: List[Set[Tuple[int, int, str]]]) -> Dict[str, float]:
@@ -75,10 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = {"command": f"python benchmarks/expert_agreement.py {args.model} {args.data}",
               "n_docs": len(docs), "n_experts": k, "entity_scores": scores, "pairs": pairs}
     out = args.out or ROOT / "benchmarks" / "results" / f"experts__{args.model.parent.name}__{args.data.stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")
-    os.replace(tmp, out)
+    write_json_atomic(out, result)
     for name, s in scores.items():
         print(f"{name:10} P {100 * s['p']:5.1f} R {100 * s['r']:5.1f} F1 {100 * s['f']:5.1f}")
     for pair, s in pairs.items():

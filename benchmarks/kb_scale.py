@@ -24,6 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from spacy_bond_moe.kb_packs import NAMES, _census_names  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import write_json_atomic  # noqa: E402
+
 
 def synthetic_names(n: int) -> list:
     """`n` distinct "First Last" names from the Census lists, in a fixed pseudo-random order."""
@@ -83,10 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "cpus": os.cpu_count(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")
-    os.replace(tmp_out, args.out)
+    write_json_atomic(args.out, result)
     print(output.strip())
     print(f"{args.n} names (+ packs): labelled {summary['n_docs']} docs in {wall:.1f}s, "
           f"peak RSS {usage.ru_maxrss / 1024:.0f} MB (load average {os.getloadavg()[0]:.2f})")

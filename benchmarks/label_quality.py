@@ -11,7 +11,6 @@ P/R/F1 (overall and per type) against ``train_label_true.txt``, beside BOND's di
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import subprocess
@@ -33,6 +32,9 @@ from spacy_bond_moe.converters import read_roster, repair_bio, to_doc  # noqa: E
 from spacy_bond_moe.distant import DistantLabeller, LabelSummary, load_kbs  # noqa: E402
 from spacy_bond_moe.kb_packs import PACKS, build_kb  # noqa: E402
 from spacy_bond_moe.rules import RULES  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import write_json_atomic  # noqa: E402
 
 TYPES = ("PER", "ORG", "LOC", "MISC")
 Spans = List[Set[Tuple[int, int, str]]]
@@ -163,10 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")
-    os.replace(tmp_out, args.out)
+    write_json_atomic(args.out, result)
     print(f"wrote {args.out} (labelling {seconds:.1f}s for {len(gold_docs)} sentences)")
     return 0
 

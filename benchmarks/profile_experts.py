@@ -10,7 +10,6 @@ its own cProfile. Prints the mean seconds per step of each and the functions who
 
 import argparse
 import cProfile
-import json
 import os
 import pstats
 import sys
@@ -55,6 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "profile_experts.json")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import write_json_atomic  # noqa: E402
     from speed import fixed_batches  # noqa: E402
 
     variants = {"k1": build(args.config, args.train, 1), "k3_shared": build(args.config, args.train, 3)}
@@ -89,10 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "top_own_time_growth_s_per_step": [{"function": k, "seconds": round(d, 4)} for d, k in growth],
         "loadavg": [round(load_start, 2), round(os.getloadavg()[0], 2)],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, result)
     print(f"s/step: k1 {mean['k1']:.3f}, k3_shared {mean['k3_shared']:.3f}; "
           f"throughput ratio k3/k1 = {mean['k1'] / mean['k3_shared']:.3f}")
     for row in result["top_own_time_growth_s_per_step"]:

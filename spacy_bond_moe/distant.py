@@ -259,11 +259,12 @@ class DistantLabeller:
             for start in range(0, len(texts), PHRASE_CHUNK):  # bounded memory for huge KBs
                 chunk = texts[start : start + PHRASE_CHUNK]
                 self.phrase_matcher.add(key, list(nlp.tokenizer.pipe(chunk, batch_size=1000)))
-        for rule in select_rules(rules):
+        selected = select_rules(rules)
+        for rule in selected:
             key = self._key("rule", rule.label, rule.name)
             self._rules[self.nlp.vocab.strings[key]] = rule
             self.matcher.add(key, list(rule.patterns))
-        self.rule_names = [rule.name for rule in select_rules(rules)]
+        self.rule_names = [rule.name for rule in selected]
         self.kb_stats: Optional[KBStats] = None
 
     @classmethod
