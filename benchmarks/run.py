@@ -109,11 +109,15 @@ SYSTEMS: Dict[str, System] = {
                "investigation: BOND-MoE with the expert heads' learning rate x3 (each head sees ~1/K "
                "of the documents)", n_experts=3,
                extra=((f"--components.{COMPONENT}.head_lr_scale", "3.0"),)),
+        System("bond_moe_scope", "configs/minilm.cfg",
+               "investigation: BOND-MoE whose E-step scores only documents with an entity in their "
+               "targets (entity-free ones dealt evenly)", n_experts=3,
+               extra=((f"--components.{COMPONENT}.estep_scope", "entities"),)),
     )
 }
 ALIASES: Dict[str, str] = {"wo_moe": "bond"}
 # Systems run one by one to test a hypothesis; not part of the --all suite table.
-INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3",)
+INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.

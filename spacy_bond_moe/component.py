@@ -19,6 +19,7 @@ from .tags import MISSING, example_tag_ids, make_tags, tags_to_spans, transition
 EXPERT_EXTENSION = "bond_moe_expert"
 COMBINE_MODES = ("mean", "weighted")
 SELF_TRAINING_MODES = ("soft", "hard")
+ESTEP_SCOPES = ("all", "entities")
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -64,6 +65,7 @@ def install_extensions() -> None:
         "gce_q": 0.0,
         "o_drop": 0.0,
         "head_lr_scale": 1.0,
+        "estep_scope": "all",
         "scorer": {"@scorers": "spacy-bond-moe.ner_scorer.v1"},
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -84,6 +86,7 @@ def make_bond_moe_ner(
     gce_q: float,
     o_drop: float,
     head_lr_scale: float,
+    estep_scope: str,
     scorer: Optional[Callable],
 ) -> "BondMoENER":
     """Create a BondMoENER component (see `BondMoENER` for the arguments)."""
@@ -103,6 +106,7 @@ def make_bond_moe_ner(
         gce_q=gce_q,
         o_drop=o_drop,
         head_lr_scale=head_lr_scale,
+        estep_scope=estep_scope,
         scorer=scorer,
     )
 
@@ -122,6 +126,9 @@ class BondMoENER(TrainablePipe):
     o_drop (float): Fraction of distant "O" tokens left unsupervised at each update.
     head_lr_scale (float): Learning-rate multiplier of the expert heads relative to the
         encoder (randomly initialised heads over a pretrained encoder learn faster).
+    estep_scope (str): "all" scores every document in the E-step; "entities" scores only
+        documents whose current targets contain an entity and deals the entity-free
+        ones evenly at random (otherwise they fill one expert, which learns "O" only).
     """
 
     def __init__(
@@ -142,6 +149,7 @@ class BondMoENER(TrainablePipe):
         gce_q: float = 0.0,
         o_drop: float = 0.0,
         head_lr_scale: float = 1.0,
+        estep_scope: str = "all",
         scorer: Optional[Callable] = None,
     ) -> None:
         if combine not in COMBINE_MODES:
@@ -154,6 +162,10 @@ class BondMoENER(TrainablePipe):
             raise ValueError(f"[bond_moe_ner] o_drop must be in [0, 1), got {o_drop}")
         if head_lr_scale <= 0:
             raise ValueError(f"[bond_moe_ner] head_lr_scale must be > 0, got {head_lr_scale}")
+        if estep_scope not in ESTEP_SCOPES:
+            raise ValueError(
+                f"[bond_moe_ner] estep_scope must be one of {ESTEP_SCOPES}, got {estep_scope!r}"
+            )
         if not 0.0 <= gce_q <= 1.0:
             raise ValueError(f"[bond_moe_ner] gce_q must be in [0, 1], got {gce_q}")
         self.vocab = vocab
@@ -175,6 +187,7 @@ class BondMoENER(TrainablePipe):
             "gce_q": gce_q,
             "o_drop": o_drop,
             "head_lr_scale": head_lr_scale,
+            "estep_scope": estep_scope,
             "expert_prior": [1.0 / n_experts] * n_experts,
         }
         # Training-only state: never serialised.
@@ -452,8 +465,16 @@ class BondMoENER(TrainablePipe):
         RETURNS (Tuple[List[str], ndarray]): document keys and the (N, K) cost matrix
             (all-zero rows for documents without supervised tokens).
         """
+        keys, costs, _ = self._score_corpus(examples, nlp, batch_size)
+        return keys, costs
+
+    def _score_corpus(
+        self, examples: Iterable[Example], nlp: Optional[Language], batch_size: int
+    ) -> Tuple[List[str], numpy.ndarray, numpy.ndarray]:
+        """Keys, (N, K) costs and (N,) flags: do the document's targets hold an entity."""
         keys: List[str] = []
         rows: List[numpy.ndarray] = []
+        has_entity: List[bool] = []
         for batch_keys, batch in self._corpus_batches(examples, nlp, batch_size):
             probs = self.predict([eg.predicted for eg in batch])
             for p, (q, mask) in zip(probs, self.targets(batch)):
@@ -461,9 +482,10 @@ class BondMoENER(TrainablePipe):
                 nll = -(q[:, None, :] * numpy.log(p + 1e-12)).sum(axis=-1)  # (n, K)
                 n_kept = int(mask.sum())
                 rows.append(nll[mask].sum(axis=0) / n_kept if n_kept else numpy.zeros(self.n_experts))
+                has_entity.append(bool((q[mask].argmax(axis=-1) != 0).any()))
             keys.extend(batch_keys)
         costs = numpy.asarray(rows, dtype="float64").reshape((len(rows), self.n_experts))
-        return keys, costs
+        return keys, costs, numpy.asarray(has_entity, dtype=bool)
 
     def reassign_experts(
         self,
@@ -479,7 +501,7 @@ class BondMoENER(TrainablePipe):
         RETURNS (Dict[str, Any]): the logged event (loads, changed docs, residual, time).
         """
         started = time.perf_counter()
-        keys, costs = self.expert_costs(examples, nlp=nlp, batch_size=batch_size)
+        keys, costs, has_entity = self._score_corpus(examples, nlp, batch_size)
         if not keys:
             raise ValueError("[bond_moe_ner] E-step over an empty corpus: check the E-step corpus path")
         experts, residual = em.assign(
@@ -489,6 +511,7 @@ class BondMoENER(TrainablePipe):
             max_iter=self.cfg["sinkhorn_max_iter"],
             tol=self.cfg["sinkhorn_tol"],
             seed=step or 0,
+            active=has_entity if self.cfg.get("estep_scope", "all") == "entities" else None,
         )
         changed = sum(1 for key, k in zip(keys, experts) if self.expert_of(key) != int(k))
         self._assignments = {key: int(k) for key, k in zip(keys, experts)}
@@ -498,6 +521,7 @@ class BondMoENER(TrainablePipe):
             "event": "estep",
             "step": step,
             "n_docs": len(keys),
+            "n_docs_with_entities": int(has_entity.sum()),
             "loads": [int(x) for x in loads],
             "changed": changed,
             "sinkhorn_residual": residual,

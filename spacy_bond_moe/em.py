@@ -78,6 +78,7 @@ def assign(
     max_iter: int = 100,
     tol: float = 1e-6,
     seed: int = 0,
+    active: Optional[numpy.ndarray] = None,
 ) -> Tuple[numpy.ndarray, float]:
     """Hard E-step: one expert per document.
 
@@ -87,10 +88,17 @@ def assign(
     expert holds ceil(N/K) documents. (A plain argmax of an entropic plan is not
     balanced when cost differences are small against lam.) fair=False is the plain
     argmin of the costs (collapse-prone; kept for the ablation). Ties break at random.
+    active (Optional[ndarray]): (N,) bool; only these documents are scored, the others
+        are dealt evenly at random (None: all documents are active).
     RETURNS (Tuple[ndarray, float]): (N,) expert ids and the Sinkhorn residual (0.0
         when not fair).
     """
     n_docs, n_experts = costs.shape
+    if active is not None and not active.all():
+        experts = numpy.zeros((n_docs,), dtype="int64")
+        experts[~active] = balanced_random(int((~active).sum()), n_experts, seed)
+        experts[active], residual = assign(costs[active], fair, lam, max_iter, tol, seed)
+        return experts, residual
     if n_docs == 0:
         return numpy.zeros((0,), dtype="int64"), 0.0
     rng = numpy.random.default_rng(seed)

@@ -149,3 +149,61 @@ def test_em_separates_conflicting_labelers(seed):
         for ent in eg.reference.ents:
             hits[group].append(tags[int(p[ent.start, expert].argmax())] == f"B-{label}")
     assert numpy.mean(hits["A"]) >= 0.9 and numpy.mean(hits["B"]) >= 0.9
+
+
+def test_entity_free_documents_fill_one_expert_unless_kept_out():
+    """Documents whose targets are all "O" are cheapest under the same expert: the fair
+    E-step then gives that expert almost only them. `active` keeps them out of the
+    scoring and deals them evenly."""
+    rng = numpy.random.default_rng(3)
+    n_ent, n_empty = 150, 150
+    costs = rng.uniform(0.8, 1.2, size=(n_ent + n_empty, 3))
+    costs[n_ent:] = rng.uniform(0.35, 0.45, size=(n_empty, 3))
+    costs[n_ent:, 0] = 0.05  # the "O" expert fits entity-free documents best
+    empty = numpy.arange(n_ent + n_empty) >= n_ent
+    experts, _ = assign(costs, fair=True)
+    assert (experts[empty] == 0).sum() >= 95  # expert 0 is (nearly) all entity-free documents
+    assert (experts[~empty] == 0).sum() <= 5
+    experts, residual = assign(costs, fair=True, active=~empty)
+    assert numpy.bincount(experts[empty], minlength=3).tolist() == [50, 50, 50]
+    assert numpy.bincount(experts[~empty], minlength=3).tolist() == [50, 50, 50]
+    assert residual < 1e-6
+    experts, _ = assign(costs, fair=False, active=~empty)
+    assert numpy.bincount(experts[empty], minlength=3).tolist() == [50, 50, 50]
+    experts, _ = assign(costs, fair=True, active=numpy.zeros(len(costs), dtype=bool))
+    assert numpy.bincount(experts, minlength=3).tolist() == [100, 100, 100]
+
+
+def entity_and_empty_examples(nlp, n_docs: int = 24):
+    examples = []
+    for i in range(n_docs):
+        name = NAMES[i % len(NAMES)]
+        text = f"{name} went home ."
+        examples.append(Example(nlp.make_doc(text), make_doc(nlp, text, [(0, len(name), "PER")], f"e{i}")))
+        text = f"nothing happened on day {i} ."
+        examples.append(Example(nlp.make_doc(text), make_doc(nlp, text, [], f"o{i}")))
+    return examples
+
+
+def test_estep_scope_entities_spreads_entity_free_documents():
+    nlp = spacy.blank("en")
+    tok2vec = {
+        "@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 16,
+        "depth": 1, "embed_size": 200, "window_size": 1, "maxout_pieces": 2,
+        "subword_features": True,
+    }
+    model = {"@architectures": "spacy-bond-moe.MoETagger.v1", "n_experts": 3, "tok2vec": tok2vec}
+    ner = nlp.add_pipe("bond_moe_ner", config={"model": model, "estep_scope": "entities"})
+    examples = entity_and_empty_examples(nlp)
+    nlp.initialize(lambda: examples)
+    event = ner.reassign_experts(examples, nlp=nlp, step=1)
+    assert event["n_docs"] == 48 and event["n_docs_with_entities"] == 24
+    for prefix in ("e", "o"):
+        loads = numpy.bincount([ner.expert_of(f"{prefix}{i}") for i in range(24)], minlength=3)
+        assert loads.tolist() == [8, 8, 8]
+
+
+def test_estep_scope_rejects_unknown_value():
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match="estep_scope"):
+        nlp.add_pipe("bond_moe_ner", config={"estep_scope": "docs"})
