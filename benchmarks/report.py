@@ -256,6 +256,33 @@ def cell(runs: Iterable[Run], system: str, key: str = "eval_at_best", field: str
     return mean_std(values)
 
 
+def investigations_section(main: Dict[str, List[Run]]) -> List[str]:
+    """One row per run of a system outside the suite (a hypothesis test), beside `bond_moe`
+    of the same dataset and seed."""
+    runs = sorted((r for group in main.values() for r in group if r["system"] not in SYSTEM_ORDER),
+                  key=lambda r: (DATASETS.index(r["dataset"]) if r["dataset"] in DATASETS else 99,
+                                 r["system"], r["seed"]))
+    if not runs:
+        return []
+    lines = ["## Investigations (systems outside the suite, one hypothesis each)", "",
+             "F1 % of the dev-best / last checkpoint, beside `bond_moe` with the "
+             "same dataset, seed and step cap.", ""]
+
+    def pair(r: Run) -> str:
+        return f"{fmt_num(metric(r, 'eval_at_best'))} / {fmt_num(metric(r, 'eval_at_last'))}"
+
+    rows = []
+    for run in runs:
+        base = [r for r in main.get(run["dataset"], [])
+                if r["system"] == "bond_moe" and r["seed"] == run["seed"]]
+        dataset = f"{TITLES.get(run['dataset'], run['dataset'])} ({split_name([run])})"
+        rows.append([dataset, f"`{run['system']}`",
+                     str(run["seed"]), run.get("system_description", ""), pair(run),
+                     pair(base[0]) if base else NOT_RUN])
+    header = ["dataset", "system", "seed", "what changes", "F1 best / last", "`bond_moe` best / last"]
+    return lines + table(header, rows) + [""]
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
     """A markdown table."""
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -470,6 +497,8 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
             row += [cell(main.get(d, []), system), f"{REPORTED_TABLE2[system][d]:.2f}"]
         rows.append(row)
     lines += table(header, rows) + [""]
+
+    lines += investigations_section(main)
 
     # Per type
     lines += ["## Per-type F1 (%, dev-best checkpoint, test or dev split as above)", ""]

@@ -295,3 +295,19 @@ def test_investigation_system_adds_its_overrides(tmp_path):
     assert opts["--components.bond_moe_ner.model.n_experts"] == "3"
     assert "--components.bond_moe_ner.head_lr_scale" not in options(
         run.build_command(spec_for(tmp_path, "webpage", "bond_moe")))
+    scope = options(run.build_command(spec_for(tmp_path, "wikigold", "bond_moe_scope")))
+    assert scope["--components.bond_moe_ner.estep_scope"] == "entities"
+
+
+def test_report_investigations_beside_bond_moe(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    for system, seed, f in (("bond_moe", 0, 0.50), ("bond_moe_scope", 0, 0.60), ("bond_moe_scope", 1, 0.70)):
+        data = fake_run("webpage", system, seed, f, 600, 600, system_description=f"about {system}")
+        (results / f"webpage__{system}__seed{seed}.json").write_text(json.dumps(data))
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
+    section = out.read_text().split("## Investigations")[1].split("## Per-type")[0]
+    assert "| Webpage (test) | `bond_moe_scope` | 0 | about bond_moe_scope | 60.0 / 55.0 | 50.0 / 45.0 |" in section
+    assert "| Webpage (test) | `bond_moe_scope` | 1 | about bond_moe_scope | 70.0 / 65.0 | not run |" in section
+    assert "`bond_moe` |" not in section  # the suite's systems are not investigations
