@@ -6,7 +6,10 @@ Decodes every expert ALONE (its own probabilities, the same constrained Viterbi 
 mixture) and the mixture, scores each against the gold docs (entity-level P/R/F1), and
 measures how often two experts pick the same tag for a token (argmax) and the mean total-
 variation distance between their token distributions. Identical experts (agreement ~1, TV ~0)
-mean the mixture is one model. Writes JSON next to the other results.
+mean the mixture is one model. With `--train` (the distant train DocBin) it also runs one fair
+E-step on the distant labels with the trained experts and counts, per expert, the documents it
+would get and how many of them hold no entity (an expert full of entity-free documents learns
+to predict "O" only). Writes JSON next to the other results.
 """
 
 import argparse
@@ -17,11 +20,13 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy
 import spacy
-from spacy.tokens import DocBin
+from spacy.tokens import Doc, DocBin
+from spacy.training import Example
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from spacy_bond_moe import em  # noqa: E402
 from spacy_bond_moe.tags import tags_to_spans, transition_mask, viterbi_decode  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -36,11 +41,30 @@ def prf(pred: List[Set[Tuple[int, int, str]]], gold: List[Set[Tuple[int, int, st
     return {"p": round(p, 4), "r": round(r, 4), "f": round(2 * p * r / (p + r) if p + r else 0.0, 4)}
 
 
+def estep_view(nlp: Any, pipe: Any, train: Path) -> Dict[str, Any]:
+    """Loads of one fair E-step on the distant train labels, and entity-free documents per expert."""
+    refs = list(DocBin().from_disk(train).get_docs(nlp.vocab))
+    examples = [Example(Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]), d)
+                for d in refs]
+    keys, costs, has_entity = pipe._score_corpus(examples, nlp, 64)
+    experts, _ = em.assign(costs, fair=True)
+    per_expert = []
+    for k in range(pipe.n_experts):
+        mine = experts == k
+        per_expert.append({"docs": int(mine.sum()), "entity_free": int((~has_entity[mine]).sum()),
+                           "mean_cost_entity_free": round(float(costs[~has_entity, k].mean()), 4)
+                           if (~has_entity).any() else None})
+    return {"train": str(train), "n_docs": len(keys), "n_docs_with_entities": int(has_entity.sum()),
+            "per_expert": per_expert}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("data", type=Path)
     parser.add_argument("--component", default="bond_moe_ner")
+    parser.add_argument("--train", type=Path, default=None,
+                        help="distant train DocBin: also report one E-step's entity-free documents per expert")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: benchmarks/results/experts__<run dir name>__<data stem>.json")
     args = parser.parse_args(argv)
@@ -73,14 +97,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         n = sum(len(x) for x, _ in tokens)
         tv = sum(float(0.5 * numpy.abs(x - y).sum()) for x, y in tokens) / max(n, 1)
         pairs[f"{a}-{b}"] = {"argmax_agreement": round(same / max(n, 1), 4), "mean_tv_distance": round(tv, 4)}
-    result = {"command": f"python benchmarks/expert_agreement.py {args.model} {args.data}",
-              "n_docs": len(docs), "n_experts": k, "entity_scores": scores, "pairs": pairs}
+    command = f"python benchmarks/expert_agreement.py {args.model} {args.data}"
+    result: Dict[str, Any] = {"command": command + (f" --train {args.train}" if args.train else ""),
+                              "n_docs": len(docs), "n_experts": k, "entity_scores": scores, "pairs": pairs}
+    if args.train is not None:
+        result["estep_view"] = estep_view(nlp, pipe, args.train)
     out = args.out or ROOT / "benchmarks" / "results" / f"experts__{args.model.parent.name}__{args.data.stem}.json"
     write_json_atomic(out, result)
     for name, s in scores.items():
         print(f"{name:10} P {100 * s['p']:5.1f} R {100 * s['r']:5.1f} F1 {100 * s['f']:5.1f}")
     for pair, s in pairs.items():
         print(f"experts {pair}: argmax agreement {s['argmax_agreement']:.4f}, mean TV distance {s['mean_tv_distance']:.4f}")
+    for i, e in enumerate(result.get("estep_view", {}).get("per_expert", [])):
+        print(f"E-step on distant train labels, expert {i}: {e['docs']} docs, {e['entity_free']} entity-free, "
+              f"mean cost on entity-free docs {e['mean_cost_entity_free']}")
     print(f"wrote {out}")
     return 0
 

@@ -132,7 +132,8 @@ def experts_section(results: Path) -> List[str]:
     lines = ["## Do the experts differ? (`benchmarks/expert_agreement.py`)", "",
              "Each expert decoded alone vs the mixture (entity F1 %), and per pair of experts the share "
              "of tokens with the same argmax tag / the mean total-variation distance of their token "
-             "distributions.", ""]
+             "distributions. Last column (with `--train`): one fair E-step on the distant train labels "
+             "with the trained experts, documents per expert (entity-free ones).", ""]
     rows = []
     for path in sorted(results.glob("experts__*.json")):
         data = json.loads(path.read_text(encoding="utf8"))
@@ -140,9 +141,13 @@ def experts_section(results: Path) -> List[str]:
         experts = " / ".join(fmt_num(100 * scores[f"expert_{i}"]["f"]) for i in range(data["n_experts"]))
         pairs = ", ".join(f"{k}: {v['argmax_agreement']:.2f} / {v['mean_tv_distance']:.2f}"
                           for k, v in data["pairs"].items())
-        rows.append([f"`{path.name}`", experts, fmt_num(100 * scores["mixture"]["f"]), pairs])
-    return lines + table(["analysis", "experts alone (F1)", "mixture (F1)", "agreement / TV per pair"],
-                         rows or [[NOT_RUN] * 4]) + [""]
+        view = data.get("estep_view")
+        loads = (" / ".join(f"{e['docs']} ({e['entity_free']})" for e in view["per_expert"])
+                 if view else NOT_RUN)
+        rows.append([f"`{path.name}`", experts, fmt_num(100 * scores["mixture"]["f"]), pairs, loads])
+    header = ["analysis", "experts alone (F1)", "mixture (F1)", "agreement / TV per pair",
+              "E-step docs (entity-free) per expert"]
+    return lines + table(header, rows or [[NOT_RUN] * 5]) + [""]
 
 
 def labels_section(runs: Sequence[Run], quality: Optional[Dict[str, Any]],

@@ -281,11 +281,16 @@ def test_report_experts_section_and_run_file_names(tmp_path):
                  "pairs": {"0-1": {"argmax_agreement": 0.75, "mean_tv_distance": 0.25}}}
     # named like a run JSON plus a suffix: must not be read as a run
     (results / "experts__webpage__bond_moe__seed0__test.json").write_text(json.dumps(agreement))
+    view = {"n_docs": 6, "n_docs_with_entities": 3,
+            "per_expert": [{"docs": 3, "entity_free": 3}, {"docs": 3, "entity_free": 0}]}
+    (results / "experts__webpage__bond_moe__seed1__test.json").write_text(
+        json.dumps({**agreement, "estep_view": view}))
     out = tmp_path / "RESULTS.md"
     assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
     text = out.read_text()
     assert "from 0 JSON file(s)" in text
-    assert "| `experts__webpage__bond_moe__seed0__test.json` | 40.0 / 10.0 | 50.0 | 0-1: 0.75 / 0.25 |" in text
+    assert "| `experts__webpage__bond_moe__seed0__test.json` | 40.0 / 10.0 | 50.0 | 0-1: 0.75 / 0.25 | not run |" in text
+    assert "| `experts__webpage__bond_moe__seed1__test.json` | 40.0 / 10.0 | 50.0 | 0-1: 0.75 / 0.25 | 3 (3) / 3 (0) |" in text
 
 
 def test_investigation_system_adds_its_overrides(tmp_path):
@@ -311,3 +316,38 @@ def test_report_investigations_beside_bond_moe(tmp_path):
     assert "| Webpage (test) | `bond_moe_scope` | 0 | about bond_moe_scope | 60.0 / 55.0 | 50.0 / 45.0 |" in section
     assert "| Webpage (test) | `bond_moe_scope` | 1 | about bond_moe_scope | 70.0 / 65.0 | not run |" in section
     assert "`bond_moe` |" not in section  # the suite's systems are not investigations
+
+
+def test_expert_agreement_with_estep_view(tmp_path):
+    import spacy
+    from spacy.training import Example
+
+    from .conftest import make_doc, write_docbin
+
+    agreement = load_module("expert_agreement")
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    tok2vec = {"@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 16,
+               "depth": 1, "embed_size": 200, "window_size": 1, "maxout_pieces": 2,
+               "subword_features": True}
+    nlp.add_pipe("bond_moe_ner", config={"model": {"@architectures": "spacy-bond-moe.MoETagger.v1",
+                                                   "n_experts": 2, "tok2vec": tok2vec}})
+    refs = []
+    for i in range(6):
+        refs.append(make_doc(nlp, f"Anna met Bob on day {i} .", [(0, 4, "PER"), (9, 12, "PER")], f"e{i}"))
+        refs.append(make_doc(nlp, f"nothing happened on day {i} .", [], f"o{i}"))
+    examples = [Example(nlp.make_doc(d.text), d) for d in refs]
+    optimizer = nlp.initialize(lambda: examples)
+    for _ in range(5):
+        nlp.update(examples, sgd=optimizer)
+    nlp.to_disk(tmp_path / "model")
+    data = write_docbin(tmp_path / "train.spacy", refs)
+    out = tmp_path / "experts.json"
+    assert agreement.main([str(tmp_path / "model"), str(data), "--train", str(data), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["entity_scores"]) == {"expert_0", "expert_1", "mixture"}
+    view = result["estep_view"]
+    assert view["n_docs"] == 12 and view["n_docs_with_entities"] == 6
+    assert sum(e["docs"] for e in view["per_expert"]) == 12
+    assert sum(e["entity_free"] for e in view["per_expert"]) == 6
+    assert result["command"].endswith(f"--train {data}")
