@@ -128,7 +128,8 @@ class BondMoENER(TrainablePipe):
         encoder (randomly initialised heads over a pretrained encoder learn faster).
     estep_scope (str): "all" scores every document in the E-step; "entities" scores only
         documents whose current targets contain an entity and deals the entity-free
-        ones evenly at random (otherwise they fill one expert, which learns "O" only).
+        ones evenly at random, anew at each E-step (otherwise they fill one expert,
+        which learns "O" only).
     """
 
     def __init__(
