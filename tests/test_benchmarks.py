@@ -283,14 +283,15 @@ def test_report_experts_section_and_run_file_names(tmp_path):
     (results / "experts__webpage__bond_moe__seed0__test.json").write_text(json.dumps(agreement))
     view = {"n_docs": 6, "n_docs_with_entities": 3,
             "per_expert": [{"docs": 3, "entity_free": 3}, {"docs": 3, "entity_free": 0}]}
+    oracle = {**agreement["entity_scores"], "leaky_oracle": {"f": 0.7}}
     (results / "experts__webpage__bond_moe__seed1__test.json").write_text(
-        json.dumps({**agreement, "estep_view": view}))
+        json.dumps({**agreement, "entity_scores": oracle, "estep_view": view}))
     out = tmp_path / "RESULTS.md"
     assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
     text = out.read_text()
     assert "from 0 JSON file(s)" in text
-    assert "| `experts__webpage__bond_moe__seed0__test.json` | 40.0 / 10.0 | 50.0 | 0-1: 0.75 / 0.25 | not run |" in text
-    assert "| `experts__webpage__bond_moe__seed1__test.json` | 40.0 / 10.0 | 50.0 | 0-1: 0.75 / 0.25 | 3 (3) / 3 (0) |" in text
+    assert "| `experts__webpage__bond_moe__seed0__test.json` | 40.0 / 10.0 | 50.0 | not run | 0-1: 0.75 / 0.25 | not run |" in text
+    assert "| `experts__webpage__bond_moe__seed1__test.json` | 40.0 / 10.0 | 50.0 | 70.0 | 0-1: 0.75 / 0.25 | 3 (3) / 3 (0) |" in text
 
 
 def test_investigation_system_adds_its_overrides(tmp_path):
@@ -345,9 +346,32 @@ def test_expert_agreement_with_estep_view(tmp_path):
     out = tmp_path / "experts.json"
     assert agreement.main([str(tmp_path / "model"), str(data), "--train", str(data), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["entity_scores"]) == {"expert_0", "expert_1", "mixture"}
+    assert set(result["entity_scores"]) == {"expert_0", "expert_1", "mixture", "leaky_oracle"}
+    assert sum(result["leaky_oracle_picks"]) == 12
     view = result["estep_view"]
     assert view["n_docs"] == 12 and view["n_docs_with_entities"] == 6
     assert sum(e["docs"] for e in view["per_expert"]) == 12
     assert sum(e["entity_free"] for e in view["per_expert"]) == 6
     assert result["command"].endswith(f"--train {data}")
+
+
+def test_gold_fit_expert_picks_the_expert_closest_to_gold():
+    import numpy
+    import spacy
+    from spacy.training import Example
+
+    from .conftest import make_doc
+
+    agreement = load_module("expert_agreement")
+    nlp = spacy.blank("en")
+    gold = make_doc(nlp, "Anna runs fast", [(0, 4, "PER")], "d0")
+    tags = ["O", "B-PER", "I-PER"]
+    probs = numpy.full((3, 2, 3), 0.1)
+    probs[:, 0, 0] = 0.8  # expert 0: all O
+    probs[0, 1, 1] = 0.8  # expert 1: B-PER O O = gold
+    probs[1:, 1, 0] = 0.8
+    assert agreement.gold_fit_expert(probs, Example(nlp.make_doc(gold.text), gold), tags) == 1
+    empty = make_doc(nlp, "runs fast", [], "d1")
+    probs = numpy.full((2, 2, 3), 0.1)
+    probs[:, 0, 0] = 0.8
+    assert agreement.gold_fit_expert(probs, Example(nlp.make_doc(empty.text), empty), tags) == 0
