@@ -35,6 +35,16 @@ def make_examples(nlp, data=TRAIN_DATA, copies: int = 1, prefix: str = "toy") ->
     return examples
 
 
+def cnn_moe_model(n_experts: int, width: int = 16, depth: int = 1, embed_size: int = 200) -> dict:
+    """Config of a small MoETagger over a HashEmbedCNN tok2vec."""
+    tok2vec = {
+        "@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": width,
+        "depth": depth, "embed_size": embed_size, "window_size": 1, "maxout_pieces": 2,
+        "subword_features": True,
+    }
+    return {"@architectures": "spacy-bond-moe.MoETagger.v1", "n_experts": n_experts, "tok2vec": tok2vec}
+
+
 def write_docbin(path: Path, docs: List[Doc]) -> Path:
     DocBin(docs=docs, store_user_data=True).to_disk(path)
     return path

@@ -323,16 +323,12 @@ def test_expert_agreement_with_estep_view(tmp_path):
     import spacy
     from spacy.training import Example
 
-    from .conftest import make_doc, write_docbin
+    from .conftest import cnn_moe_model, make_doc, write_docbin
 
     agreement = load_module("expert_agreement")
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
-    tok2vec = {"@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 16,
-               "depth": 1, "embed_size": 200, "window_size": 1, "maxout_pieces": 2,
-               "subword_features": True}
-    nlp.add_pipe("bond_moe_ner", config={"model": {"@architectures": "spacy-bond-moe.MoETagger.v1",
-                                                   "n_experts": 2, "tok2vec": tok2vec}})
+    nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(2)})
     refs = []
     for i in range(6):
         refs.append(make_doc(nlp, f"Anna met Bob on day {i} .", [(0, 4, "PER"), (9, 12, "PER")], f"e{i}"))

@@ -12,7 +12,7 @@ from spacy_bond_moe.em import (
     DOC_ID_KEY, assign, balanced_random, doc_key, hash_expert, round_plan, sinkhorn,
 )
 
-from .conftest import make_doc
+from .conftest import cnn_moe_model, make_doc
 
 
 def skewed_costs(n_docs=600, n_experts=3, seed=0):
@@ -111,12 +111,7 @@ def conflicting_groups(nlp, n_docs: int = 40, seed: int = 0):
 def test_em_separates_conflicting_labelers(seed):
     spacy.util.fix_random_seed(seed)
     nlp = spacy.blank("en")
-    tok2vec = {
-        "@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 32,
-        "depth": 2, "embed_size": 500, "window_size": 1, "maxout_pieces": 2,
-        "subword_features": True,
-    }
-    model = {"@architectures": "spacy-bond-moe.MoETagger.v1", "n_experts": 2, "tok2vec": tok2vec}
+    model = cnn_moe_model(2, width=32, depth=2, embed_size=500)
     ner = nlp.add_pipe("bond_moe_ner", config={"model": model})
     examples, groups = conflicting_groups(nlp, seed=seed)
     optimizer = nlp.initialize(lambda: examples)
@@ -187,13 +182,7 @@ def entity_and_empty_examples(nlp, n_docs: int = 24):
 
 def test_estep_scope_entities_spreads_entity_free_documents():
     nlp = spacy.blank("en")
-    tok2vec = {
-        "@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 16,
-        "depth": 1, "embed_size": 200, "window_size": 1, "maxout_pieces": 2,
-        "subword_features": True,
-    }
-    model = {"@architectures": "spacy-bond-moe.MoETagger.v1", "n_experts": 3, "tok2vec": tok2vec}
-    ner = nlp.add_pipe("bond_moe_ner", config={"model": model, "estep_scope": "entities"})
+    ner = nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(3), "estep_scope": "entities"})
     examples = entity_and_empty_examples(nlp)
     nlp.initialize(lambda: examples)
     event = ner.reassign_experts(examples, nlp=nlp, step=1)
