@@ -221,8 +221,8 @@ class BondMoENER(TrainablePipe):
     def add_label(self, label: str) -> int:
         if not isinstance(label, str):
             raise ValueError(f"[bond_moe_ner] labels must be strings, got {label!r}")
-        if "-" in label:
-            raise ValueError(f"[bond_moe_ner] label {label!r} must not contain '-' (BIO tags)")
+        if not label.strip():
+            raise ValueError(f"[bond_moe_ner] labels must be non-empty, got {label!r}")
         if label in self.labels:
             return 0
         self._allow_extra_label()

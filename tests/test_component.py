@@ -155,11 +155,27 @@ def test_add_label_rules(nlp):
     assert ner.add_label("PER") == 1 and ner.add_label("PER") == 0
     with pytest.raises(ValueError):
         ner.add_label(3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="must not contain"):
-        ner.add_label("B-X")
+    with pytest.raises(ValueError, match="non-empty"):
+        ner.add_label(" ")
     nlp.initialize(lambda: make_examples(nlp))
     with pytest.raises(ValueError, match="initialized"):
         ner.add_label("NEW")
+
+
+def test_hyphenated_labels(nlp, tmp_path):
+    """W-NUT/Twitter types such as `geo-loc`: tags split at the first '-' only."""
+    ner = add_ner(nlp, 1)
+    data = [(text, [(s, e, "geo-loc" if lab == "LOC" else lab) for s, e, lab in gold])
+            for text, gold in TRAIN_DATA]
+    examples = make_examples(nlp, data)
+    optimizer = nlp.initialize(lambda: examples)
+    assert ner.tags == ["O", "B-ORG", "I-ORG", "B-PER", "I-PER", "B-geo-loc", "I-geo-loc"]
+    for _ in range(60):
+        nlp.update(examples, sgd=optimizer)
+    for text, gold in data:
+        assert ents(nlp(text)) == sorted(gold)
+    nlp.to_disk(tmp_path)
+    assert ents(load_model_from_path(tmp_path)("I like London and Berlin .")) == sorted(data[0][1])
 
 
 def test_missing_annotation_is_unsupervised(nlp):
