@@ -57,8 +57,27 @@ REPORTED_TABLE2: Dict[str, Dict[str, float]] = {
     "wo_fair": {"conll03": 78.67, "twitter": 47.36, "webpage": 62.89, "wikigold": 55.30},
     "wo_self_training": {"conll03": 74.21, "twitter": 46.25, "webpage": 63.64, "wikigold": 57.24},
 }
+# The CNN-encoder counterparts of Tables I/II: (label, system).
+TABLE_CNN: Tuple[Tuple[str, str], ...] = (
+    ("spaCy `ner` (CNN)", "spacy_ner_cnn"),
+    ("BOND = w/o MoE (CNN, K=1)", "bond_cnn"),
+    ("BOND-MoE all stages (CNN, K=3)", "bond_moe_cnn"),
+    ("w/o fair (CNN)", "wo_fair_cnn"),
+    ("w/o self-training (CNN)", "wo_self_training_cnn"),
+)
+# The project's targets, per encoder: (encoder, full system, baseline, ner system, ablations).
+TARGETS: Tuple[Tuple[str, str, str, Tuple[Tuple[str, str], ...]], ...] = (
+    ("MiniLM", "bond_moe", "spacy_ner",
+     (("MoE", "bond"), ("fair assignment", "wo_fair"), ("self-training", "wo_self_training"))),
+    ("CNN", "bond_moe_cnn", "spacy_ner_cnn",
+     (("MoE", "bond_cnn"), ("fair assignment", "wo_fair_cnn"),
+      ("self-training", "wo_self_training_cnn"))),
+)
+NER_MARGIN = 10.0  # target: BOND-MoE >= spaCy `ner` + 10 F1 on every dataset
+COMPONENT_DATASETS = 3  # target: each component gains on at least 3 of the 4 datasets
 SYSTEM_ORDER: Tuple[str, ...] = (
-    "spacy_ner", "bond", "bond_moe", "wo_fair", "wo_self_training", "bond_moe_cnn",
+    "spacy_ner", "bond", "bond_moe", "wo_fair", "wo_self_training",
+    "spacy_ner_cnn", "bond_cnn", "bond_moe_cnn", "wo_fair_cnn", "wo_self_training_cnn",
 )
 
 Run = Dict[str, Any]
@@ -263,6 +282,48 @@ def cell(runs: Iterable[Run], system: str, key: str = "eval_at_best", field: str
     values = [v for r in runs if r["system"] == system
               for v in [metric(r, key, field, label)] if v is not None]
     return mean_std(values)
+
+
+def mean_f1(runs: Iterable[Run], system: str) -> Tuple[Optional[float], int]:
+    """Mean dev-best F1 (%) of a system over its seeds, and the number of seeds."""
+    values = [v for r in runs if r["system"] == system for v in [metric(r, "eval_at_best")] if v is not None]
+    return (statistics.mean(values) if values else None), len(values)
+
+
+def difference(runs: Sequence[Run], system: str, other: str) -> Tuple[Optional[float], str]:
+    """Mean F1 of `system` minus mean F1 of `other`, and its cell text (seeds in brackets)."""
+    a, n_a = mean_f1(runs, system)
+    b, n_b = mean_f1(runs, other)
+    if a is None or b is None:
+        return None, NOT_RUN
+    return a - b, f"{a - b:+.1f} ({n_a}/{n_b} seeds)"
+
+
+def targets_section(main: Dict[str, List[Run]]) -> List[str]:
+    """The project's targets checked per encoder from the mean F1s above (differences of means;
+    with 1–3 seeds a difference smaller than the seed std in Tables I/II is not a finding)."""
+    lines = ["## Targets (computed from the tables above)", "",
+             f"Differences of mean dev-best F1 (% points; seeds of each side in brackets). "
+             f"Targets: BOND-MoE ≥ spaCy `ner` + {NER_MARGIN:.0f} on every dataset (same encoder); "
+             f"each component of the method gains (difference > 0) on at least "
+             f"{COMPONENT_DATASETS} of the 4 datasets. A difference within the seed std of "
+             "Tables I/II is noise, whatever its sign.", ""]
+    rows = []
+    for encoder, full, ner, ablations in TARGETS:
+        checks = [(f"BOND-MoE − spaCy `ner` (≥ +{NER_MARGIN:.0f})", full, ner, NER_MARGIN, len(DATASETS))]
+        checks += [(f"gain of {name}: BOND-MoE − w/o {name}", full, without, 0.0, COMPONENT_DATASETS)
+                   for name, without in ablations]
+        for label, system, other, margin, needed in checks:
+            diffs = [difference(main.get(d, []), system, other) for d in DATASETS]
+            measured = [v for v, _ in diffs if v is not None]
+            met = sum(v > margin if margin == 0 else v >= margin for v in measured)
+            verdict = (f"{met} of {len(measured)} measured"
+                       + ("" if len(measured) == len(DATASETS) else f" ({len(DATASETS) - len(measured)} not run)")
+                       + f"; target {needed} of {len(DATASETS)}: "
+                       + ("**met**" if met >= needed else "not met" if met + len(DATASETS) - len(measured) < needed
+                          else "open"))
+            rows.append([encoder, label] + [text for _, text in diffs] + [verdict])
+    return lines + table(["encoder", "check"] + [TITLES[d] for d in DATASETS] + ["datasets"], rows) + [""]
 
 
 def investigations_section(main: Dict[str, List[Run]]) -> List[str]:
@@ -507,6 +568,14 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
         rows.append(row)
     lines += table(header, rows) + [""]
 
+    lines += ["## Table III: the same comparison with the CNN encoder (HashEmbedCNN, no pretrained "
+              "weights; the fast CPU option)", "",
+              "Same distant data, step caps, schedules and ablation overrides as Tables I/II; "
+              "`configs/cnn.cfg` and `configs/spacy_ner_cnn.cfg`.", ""]
+    rows = [[label] + [cell(main.get(d, []), system) for d in DATASETS] for label, system in TABLE_CNN]
+    lines += table(["system"] + titles, rows) + [""]
+
+    lines += targets_section(main)
     lines += investigations_section(main)
 
     # Per type

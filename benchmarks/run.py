@@ -105,6 +105,17 @@ SYSTEMS: Dict[str, System] = {
                self_training=False),
         System("bond_moe_cnn", "configs/cnn.cfg",
                "BOND-MoE with the HashEmbedCNN encoder: K=3, fair, self-training", n_experts=3),
+        # The same comparison with the CNN encoder (minutes per run, so all four datasets fit).
+        System("spacy_ner_cnn", "configs/spacy_ner_cnn.cfg",
+               "spaCy transition-based `ner`, same HashEmbedCNN encoder, distant labels"),
+        System("bond_cnn", "configs/cnn.cfg",
+               "BOND with the HashEmbedCNN encoder: K=1, self-training (= w/o MoE)", n_experts=1),
+        System("wo_fair_cnn", "configs/cnn.cfg",
+               "BOND-MoE with the HashEmbedCNN encoder w/o fair assignment: K=3, argmax E-step",
+               n_experts=3, fair=False),
+        System("wo_self_training_cnn", "configs/cnn.cfg",
+               "BOND-MoE with the HashEmbedCNN encoder w/o self-training: K=3, fair, no teacher",
+               n_experts=3, self_training=False),
         System("bond_moe_head_lr3", "configs/minilm.cfg",
                "investigation: BOND-MoE with the expert heads' learning rate x3 (each head sees ~1/K "
                "of the documents)", n_experts=3,
@@ -124,7 +135,8 @@ INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope")
 ALL_DATASETS: Tuple[str, ...] = ("webpage", "wikigold", "twitter", "conll03")
 ALL_SEEDS: Tuple[int, ...] = (0, 1, 2)
 ALL_SYSTEMS: Tuple[str, ...] = (
-    "bond_moe_cnn", "spacy_ner", "wo_self_training", "bond", "bond_moe", "wo_fair",
+    "spacy_ner_cnn", "bond_cnn", "bond_moe_cnn", "wo_fair_cnn", "wo_self_training_cnn",
+    "spacy_ner", "wo_self_training", "bond", "bond_moe", "wo_fair",
 )
 ALL_ROWS: List[Tuple[str, str, int]] = [
     (d, s, seed) for d in ALL_DATASETS for seed in ALL_SEEDS for s in ALL_SYSTEMS

@@ -82,6 +82,17 @@ def test_command_overrides_per_system(tmp_path):
     assert twitter["--training.max_steps"] == "1500"
     conll = opts("bond_moe", "conll03")
     assert (conll["--training.before_update.teacher_start"], conll["--training.max_steps"]) == ("900", "3000")
+    # The CNN comparison: the same ablation overrides over configs/cnn.cfg, the baseline without any.
+    cnn = {s: opts(s) for s in ("bond_cnn", "bond_moe_cnn", "wo_fair_cnn", "wo_self_training_cnn")}
+    for system, moe_system in (("bond_cnn", "bond"), ("bond_moe_cnn", "bond_moe"), ("wo_fair_cnn", "wo_fair"),
+                               ("wo_self_training_cnn", "wo_self_training")):
+        assert run.SYSTEMS[system].config == "configs/cnn.cfg"
+        run_dirs = ("-o", "--training.logger.output_file")
+        assert {k: v for k, v in cnn[system].items() if k not in run_dirs} == \
+            {k: v for k, v in opts(moe_system).items() if k not in run_dirs}
+    ner_cnn = run.build_command(spec_for(tmp_path, "webpage", "spacy_ner_cnn"))
+    assert "configs/spacy_ner_cnn.cfg" in ner_cnn
+    assert not [k for k in options(ner_cnn) if k.startswith(("--training.before_update", "--components."))]
 
 
 def test_alias_and_step_cap(tmp_path):
@@ -95,7 +106,7 @@ def test_alias_and_step_cap(tmp_path):
 def test_suite_table_cheap_first():
     rows = run.ALL_ROWS
     assert len(rows) == len(set(rows)) == 4 * 3 * len(run.ALL_SYSTEMS)
-    assert rows[0] == ("webpage", "bond_moe_cnn", 0) and rows[-1][0] == "conll03"
+    assert rows[0] == ("webpage", "spacy_ner_cnn", 0) and rows[-1][0] == "conll03"
     assert {s for _, s, _ in rows} == set(run.SYSTEMS) - set(run.INVESTIGATIONS)
     datasets = [d for d, _, _ in rows]
     assert datasets == sorted(datasets, key=run.ALL_DATASETS.index)
@@ -318,6 +329,46 @@ def test_report_investigations_beside_bond_moe(tmp_path):
     assert "| Webpage (test) | `bond_moe_scope` | 1 | about bond_moe_scope | 70.0 / 65.0 | not run |" in section
     assert "`bond_moe` |" not in section  # the suite's systems are not investigations
 
+
+def test_report_cnn_table_and_targets(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    runs = {  # (dataset, system): F1 per seed
+        ("webpage", "bond_moe"): (0.50, 0.60), ("webpage", "spacy_ner"): (0.40, 0.44),
+        ("webpage", "bond"): (0.52,), ("webpage", "wo_fair"): (0.50,),
+        ("wikigold", "bond_moe"): (0.60,), ("wikigold", "spacy_ner"): (0.45,),
+        ("webpage", "bond_moe_cnn"): (0.30,), ("webpage", "spacy_ner_cnn"): (0.10,),
+        ("webpage", "wo_self_training_cnn"): (0.35,),
+    }
+    for (dataset, system), fs in runs.items():
+        for seed, f in enumerate(fs):
+            data = fake_run(dataset, system, seed, f, 600, 600)
+            (results / f"{dataset}__{system}__seed{seed}.json").write_text(json.dumps(data))
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
+    text = out.read_text()
+    cnn = text.split("## Table III")[1].split("## Targets")[0]
+    assert "| BOND-MoE all stages (CNN, K=3) | not run | not run | 30.0 (n=1) | not run |" in cnn
+    assert "| spaCy `ner` (CNN) | not run | not run | 10.0 (n=1) | not run |" in cnn
+    targets = text.split("## Targets")[1].split("## ")[0]
+    # MiniLM: mean 55.0 vs 42.0 (+13.0) on Webpage, 60.0 vs 45.0 (+15.0) on Wikigold; 2 datasets not run.
+    assert ("| MiniLM | BOND-MoE − spaCy `ner` (≥ +10) | not run | not run | +13.0 (2/2 seeds) | "
+            "+15.0 (1/1 seeds) | 2 of 2 measured (2 not run); target 4 of 4: open |") in targets
+    assert "| MiniLM | gain of MoE: BOND-MoE − w/o MoE | not run | not run | +3.0 (2/1 seeds) |" in targets
+    assert "gain of fair assignment: BOND-MoE − w/o fair assignment | not run | not run | +5.0 (2/1 seeds)" in targets
+    # CNN: +20 over `ner` on the one dataset run; self-training LOSES 5 points there.
+    assert "| CNN | BOND-MoE − spaCy `ner` (≥ +10) | not run | not run | +20.0 (1/1 seeds) | not run |" in targets
+    assert ("| CNN | gain of self-training: BOND-MoE − w/o self-training | not run | not run | -5.0 (1/1 seeds) "
+            "| not run | 0 of 1 measured (3 not run); target 3 of 4: open |") in targets
+    assert "| CNN | gain of MoE: BOND-MoE − w/o MoE | not run | not run | not run | not run | 0 of 0 measured" in targets
+
+    # Verdicts over all four datasets: `ner` +20 everywhere (met); MoE loses on two (not met).
+    main = {d: [fake_run(d, "bond_moe_cnn", 0, 0.5, 1, 1), fake_run(d, "spacy_ner_cnn", 0, 0.3, 1, 1),
+                fake_run(d, "bond_cnn", 0, 0.6 if d in ("webpage", "twitter") else 0.4, 1, 1)]
+            for d in report.DATASETS}
+    rows = {line.split(" | ")[1]: line for line in report.targets_section(main) if line.startswith("| CNN")}
+    assert rows["BOND-MoE − spaCy `ner` (≥ +10)"].endswith("4 of 4 measured; target 4 of 4: **met** |")
+    assert rows["gain of MoE: BOND-MoE − w/o MoE"].endswith("2 of 4 measured; target 3 of 4: not met |")
 
 def test_expert_agreement_with_estep_view(tmp_path):
     import spacy
