@@ -444,8 +444,9 @@ def save_figure(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def plot_dev_curves(dataset: str, runs: Sequence[Run], cap: int, path: Path) -> bool:
-    """Dev F1 vs step, one colour per system, one line per seed. False if no curve."""
+def plot_dev_curves(dataset: str, runs: Sequence[Run], cap: int, path: Path, encoder: str) -> bool:
+    """Dev F1 vs step of one encoder's systems, one colour per system, one line per seed. False if
+    no curve."""
     plt = pyplot()
 
     by_system: Dict[str, List[Run]] = defaultdict(list)
@@ -464,7 +465,7 @@ def plot_dev_curves(dataset: str, runs: Sequence[Run], cap: int, path: Path) -> 
                     label=f"{system} (n={len(by_system[system])})" if j == 0 else None)
     ax.set_xlabel("step (16 sentences)")
     ax.set_ylabel("dev entity F1 (%)")
-    ax.set_title(f"{TITLES.get(dataset, dataset)}: dev F1 vs step ({cap}-step cap)")
+    ax.set_title(f"{TITLES.get(dataset, dataset)}, {encoder}: dev F1 vs step ({cap}-step cap)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path)
@@ -626,9 +627,13 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     if make_plots:
         for d in DATASETS:
             group = main.get(d, [])
-            name = f"dev_f1_{d}.png"
-            if group and plot_dev_curves(d, group, caps[d], plots / name):
-                made.append(f"![{TITLES[d]} dev F1 vs step]({rel_plots}/{name})")
+            cnn = {system for _, system in TABLE_CNN}
+            for suffix, encoder, subset in (
+                    ("", "MiniLM", [r for r in group if r["system"] not in cnn]),
+                    ("_cnn", "CNN", [r for r in group if r["system"] in cnn])):
+                name = f"dev_f1_{d}{suffix}.png"
+                if subset and plot_dev_curves(d, subset, caps[d], plots / name, encoder):
+                    made.append(f"![{TITLES[d]} {encoder} dev F1 vs step]({rel_plots}/{name})")
             by_system: Dict[str, List[Run]] = defaultdict(list)
             for r in group:
                 by_system[r["system"]].append(r)
@@ -637,6 +642,11 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
                 name = f"experts_{d}__{system}__seed{first['seed']}.png"
                 if plot_experts(first, plots / name):
                     made.append(f"![{TITLES[d]} {system} E-steps]({rel_plots}/{name})")
+        # Plots of an earlier report that this one no longer makes would be stale: remove them.
+        current = {m.rsplit("/", 1)[1].rstrip(")") for m in made}
+        for stale in [*plots.glob("dev_f1_*.png"), *plots.glob("experts_*.png")]:
+            if stale.name not in current:
+                stale.unlink()
     lines += (["Dev F1 vs step (every run at the reported cap) and, for the lowest seed of each "
                "multi-expert system, expert loads and changed documents per E-step (dashed: "
                "teacher refreshes).", ""] + [m + "\n" for m in made]) if made else [NOT_RUN, ""]

@@ -198,6 +198,9 @@ def test_report_tables_and_plots(tmp_path):
     (results / "webpage__bond_moe__seed5.json").write_text(json.dumps(data))
 
     out = tmp_path / "docs" / "RESULTS.md"
+    (out.parent / "plots").mkdir(parents=True)
+    (out.parent / "plots" / "dev_f1_wikigold.png").write_bytes(b"stale")  # no MiniLM Wikigold run now
+    (out.parent / "plots" / "notes.txt").write_text("not the report's")
     assert report.main(["--results", str(results), "--out", str(out)]) == 0
     text = out.read_text()
     table1 = text.split("## Table I:")[1].split("###")[0]
@@ -221,9 +224,9 @@ def test_report_tables_and_plots(tmp_path):
                  "webpage__bond_moe__seed5.json", "wikigold__bond_moe_cnn__seed0.json"):
         assert name in sources
     plots = out.parent / "plots"
-    expected = ["dev_f1_webpage.png", "dev_f1_wikigold.png", "experts_webpage__bond_moe__seed0.png",
+    expected = ["dev_f1_webpage.png", "dev_f1_wikigold_cnn.png", "experts_webpage__bond_moe__seed0.png",
                 "experts_wikigold__bond_moe_cnn__seed0.png"]
-    assert sorted(p.name for p in plots.iterdir()) == expected
+    assert sorted(p.name for p in plots.iterdir()) == expected + ["notes.txt"]
     for name in expected:
         assert (plots / name).read_bytes()[:8] == PNG_MAGIC
         assert f"(plots/{name})" in text
