@@ -65,7 +65,8 @@ TABLE_CNN: Tuple[Tuple[str, str], ...] = (
     ("w/o fair (CNN)", "wo_fair_cnn"),
     ("w/o self-training (CNN)", "wo_self_training_cnn"),
 )
-# The project's targets, per encoder: (encoder, full system, baseline, ner system, ablations).
+# The project's targets, per encoder: (encoder, full BOND-MoE, spaCy `ner` baseline,
+# (component, system without it) pairs).
 TARGETS: Tuple[Tuple[str, str, str, Tuple[Tuple[str, str], ...]], ...] = (
     ("MiniLM", "bond_moe", "spacy_ner",
      (("MoE", "bond"), ("fair assignment", "wo_fair"), ("self-training", "wo_self_training"))),
@@ -625,9 +626,9 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     rel_plots = os.path.relpath(plots, out.parent)
     made: List[str] = []
     if make_plots:
+        cnn = {system for _, system in TABLE_CNN}
         for d in DATASETS:
             group = main.get(d, [])
-            cnn = {system for _, system in TABLE_CNN}
             for suffix, encoder, subset in (
                     ("", "MiniLM", [r for r in group if r["system"] not in cnn]),
                     ("_cnn", "CNN", [r for r in group if r["system"] in cnn])):
