@@ -285,45 +285,60 @@ def cell(runs: Iterable[Run], system: str, key: str = "eval_at_best", field: str
     return mean_std(values)
 
 
-def mean_f1(runs: Iterable[Run], system: str) -> Tuple[Optional[float], int]:
-    """Mean dev-best F1 (%) of a system over its seeds, and the number of seeds."""
+def f1_stats(runs: Iterable[Run], system: str) -> Tuple[Optional[float], Optional[float], int]:
+    """Mean and sample std (None below 2 seeds) of a system's dev-best F1 (%), and its seeds."""
     values = [v for r in runs if r["system"] == system for v in [metric(r, "eval_at_best")] if v is not None]
-    return (statistics.mean(values) if values else None), len(values)
+    mean = statistics.mean(values) if values else None
+    return mean, (statistics.stdev(values) if len(values) > 1 else None), len(values)
 
 
-def difference(runs: Sequence[Run], system: str, other: str) -> Tuple[Optional[float], str]:
-    """Mean F1 of `system` minus mean F1 of `other`, and its cell text (seeds in brackets)."""
-    a, n_a = mean_f1(runs, system)
-    b, n_b = mean_f1(runs, other)
+def difference(runs: Sequence[Run], system: str, other: str, margin: float
+               ) -> Tuple[Optional[float], bool, str]:
+    """Mean F1 of `system` minus that of `other`; whether it clears `margin` by more than the seed
+    noise (the larger sample std, so 2+ seeds on both sides); and its cell text."""
+    a, std_a, n_a = f1_stats(runs, system)
+    b, std_b, n_b = f1_stats(runs, other)
     if a is None or b is None:
-        return None, NOT_RUN
-    return a - b, f"{a - b:+.1f} ({n_a}/{n_b} seeds)"
+        return None, False, NOT_RUN
+    noise = None if std_a is None or std_b is None else max(std_a, std_b)
+    clear = noise is not None and abs(a - b - margin) > noise
+    return a - b, clear, f"{a - b:+.1f} (n {n_a}/{n_b}, noise {fmt_num(noise)})"
 
 
 def targets_section(main: Dict[str, List[Run]]) -> List[str]:
-    """The project's targets checked per encoder from the mean F1s above (differences of means;
-    with 1–3 seeds a difference smaller than the seed std in Tables I/II is not a finding)."""
+    """The project's targets checked per encoder from the mean F1s above. A dataset counts for a
+    target on the sign of the difference; it counts *beyond noise* only when the difference is
+    further from the threshold than the larger seed std of the two systems."""
     lines = ["## Targets (computed from the tables above)", "",
-             f"Differences of mean dev-best F1 (% points; seeds of each side in brackets). "
+             "Cells: mean dev-best F1 of BOND-MoE minus the other system (% points), seeds of each "
+             "side, and the noise bar = the larger sample std of the two (n/a: a side has 1 seed). "
              f"Targets: BOND-MoE ≥ spaCy `ner` + {NER_MARGIN:.0f} on every dataset (same encoder); "
-             f"each component of the method gains (difference > 0) on at least "
-             f"{COMPONENT_DATASETS} of the 4 datasets. A difference within the seed std of "
-             "Tables I/II is noise, whatever its sign.", ""]
+             f"each component of the method gains (difference > 0) on at least {COMPONENT_DATASETS} "
+             "of the 4 datasets. A target is **met** only when enough datasets pass beyond the noise "
+             "bar; passing on the sign alone is reported as such.", ""]
     rows = []
     for encoder, full, ner, ablations in TARGETS:
-        checks = [(f"BOND-MoE − spaCy `ner` (≥ +{NER_MARGIN:.0f})", full, ner, NER_MARGIN, len(DATASETS))]
-        checks += [(f"gain of {name}: BOND-MoE − w/o {name}", full, without, 0.0, COMPONENT_DATASETS)
+        checks = [(f"BOND-MoE − spaCy `ner` (≥ +{NER_MARGIN:.0f})", ner, NER_MARGIN, len(DATASETS))]
+        checks += [(f"gain of {name}: BOND-MoE − w/o {name}", without, 0.0, COMPONENT_DATASETS)
                    for name, without in ablations]
-        for label, system, other, margin, needed in checks:
-            diffs = [difference(main.get(d, []), system, other) for d in DATASETS]
-            measured = [v for v, _ in diffs if v is not None]
-            met = sum(v > margin if margin == 0 else v >= margin for v in measured)
-            verdict = (f"{met} of {len(measured)} measured"
-                       + ("" if len(measured) == len(DATASETS) else f" ({len(DATASETS) - len(measured)} not run)")
-                       + f"; target {needed} of {len(DATASETS)}: "
-                       + ("**met**" if met >= needed else "not met" if met + len(DATASETS) - len(measured) < needed
-                          else "open"))
-            rows.append([encoder, label] + [text for _, text in diffs] + [verdict])
+        for label, other, margin, needed in checks:
+            diffs = [difference(main.get(d, []), full, other, margin) for d in DATASETS]
+            passed = [clear for value, clear, _ in diffs
+                      if value is not None and (value >= margin if margin else value > 0)]
+            measured = sum(value is not None for value, _, _ in diffs)
+            open_ = len(DATASETS) - measured
+            if sum(passed) >= needed:
+                state = "**met**"
+            elif len(passed) + open_ < needed:
+                state = "not met"
+            elif len(passed) >= needed:
+                state = "met on signs only, not beyond noise"
+            else:
+                state = "open"
+            verdict = (f"{len(passed)} of {measured} measured pass ({sum(passed)} beyond noise)"
+                       + (f", {open_} not run" if open_ else "")
+                       + f"; target {needed} of {len(DATASETS)}: {state}")
+            rows.append([encoder, label] + [text for _, _, text in diffs] + [verdict])
     return lines + table(["encoder", "check"] + [TITLES[d] for d in DATASETS] + ["datasets"], rows) + [""]
 
 
