@@ -15,7 +15,7 @@ import re
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -640,6 +640,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     lines += ["## Plots", ""]
     rel_plots = os.path.relpath(plots, out.parent)
     made: List[str] = []
+    current: Set[str] = set()  # file names of the plots this report makes
     if make_plots:
         cnn = {system for _, system in TABLE_CNN}
         for d in DATASETS:
@@ -650,6 +651,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
                 name = f"dev_f1_{d}{suffix}.png"
                 if subset and plot_dev_curves(d, subset, caps[d], plots / name, encoder):
                     made.append(f"![{TITLES[d]} {encoder} dev F1 vs step]({rel_plots}/{name})")
+                    current.add(name)
             by_system: Dict[str, List[Run]] = defaultdict(list)
             for r in group:
                 by_system[r["system"]].append(r)
@@ -658,8 +660,8 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
                 name = f"experts_{d}__{system}__seed{first['seed']}.png"
                 if plot_experts(first, plots / name):
                     made.append(f"![{TITLES[d]} {system} E-steps]({rel_plots}/{name})")
+                    current.add(name)
         # Plots of an earlier report that this one no longer makes would be stale: remove them.
-        current = {m.rsplit("/", 1)[1].rstrip(")") for m in made}
         for stale in [*plots.glob("dev_f1_*.png"), *plots.glob("experts_*.png")]:
             if stale.name not in current:
                 stale.unlink()
