@@ -83,6 +83,7 @@ class System:
     fair: bool = True
     self_training: bool = True
     extra: Tuple[Tuple[str, str], ...] = ()  # further `spacy train` overrides (investigations)
+    shared_stage_one: bool = False  # every expert trains on every document until teacher_start
 
 
 # The systems. `wo_moe` (= K=1 with self-training; fairness is moot with one expert, and the E-step
@@ -124,11 +125,15 @@ SYSTEMS: Dict[str, System] = {
                "investigation: BOND-MoE whose E-step scores only documents with an entity in their "
                "targets (entity-free ones dealt evenly)", n_experts=3,
                extra=((f"--components.{COMPONENT}.estep_scope", "entities"),)),
+        System("bond_moe_warmup", "configs/minilm.cfg",
+               "investigation: BOND-MoE whose stage I is shared (every expert trains on every "
+               "document, no E-step) until the first teacher; routing by E-step in stage II",
+               n_experts=3, shared_stage_one=True),
     )
 }
 ALIASES: Dict[str, str] = {"wo_moe": "bond"}
 # Systems run one by one to test a hypothesis; not part of the --all suite table.
-INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope")
+INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_moe_warmup")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.
@@ -214,6 +219,8 @@ def build_overrides(spec: RunSpec) -> Dict[str, str]:
                 str(schedule.teacher_start if system.self_training else 0),
             "--training.before_update.teacher_refresh": str(schedule.teacher_refresh),
         })
+        if system.shared_stage_one:
+            overrides[f"--components.{COMPONENT}.shared_warmup"] = str(schedule.teacher_start)
     overrides.update(dict(system.extra))
     return overrides
 

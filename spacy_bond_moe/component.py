@@ -66,6 +66,7 @@ def install_extensions() -> None:
         "o_drop": 0.0,
         "head_lr_scale": 1.0,
         "estep_scope": "all",
+        "shared_warmup": 0,
         "scorer": {"@scorers": "spacy-bond-moe.ner_scorer.v1"},
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -87,6 +88,7 @@ def make_bond_moe_ner(
     o_drop: float,
     head_lr_scale: float,
     estep_scope: str,
+    shared_warmup: int,
     scorer: Optional[Callable],
 ) -> "BondMoENER":
     """Create a BondMoENER component (see `BondMoENER` for the arguments)."""
@@ -107,6 +109,7 @@ def make_bond_moe_ner(
         o_drop=o_drop,
         head_lr_scale=head_lr_scale,
         estep_scope=estep_scope,
+        shared_warmup=shared_warmup,
         scorer=scorer,
     )
 
@@ -130,6 +133,9 @@ class BondMoENER(TrainablePipe):
         documents whose current targets contain an entity and deals the entity-free
         ones evenly at random, anew at each E-step (otherwise they fill one expert,
         which learns "O" only).
+    shared_warmup (int): Training updates during which every document trains every
+        expert (its loss averaged over the K experts) and E-steps are skipped; routing by
+        E-step starts after them (0: routed from the first update).
     """
 
     def __init__(
@@ -151,6 +157,7 @@ class BondMoENER(TrainablePipe):
         o_drop: float = 0.0,
         head_lr_scale: float = 1.0,
         estep_scope: str = "all",
+        shared_warmup: int = 0,
         scorer: Optional[Callable] = None,
     ) -> None:
         if combine not in COMBINE_MODES:
@@ -167,6 +174,8 @@ class BondMoENER(TrainablePipe):
             raise ValueError(
                 f"[bond_moe_ner] estep_scope must be one of {ESTEP_SCOPES}, got {estep_scope!r}"
             )
+        if shared_warmup < 0:
+            raise ValueError(f"[bond_moe_ner] shared_warmup must be >= 0, got {shared_warmup}")
         if not 0.0 <= gce_q <= 1.0:
             raise ValueError(f"[bond_moe_ner] gce_q must be in [0, 1], got {gce_q}")
         self.vocab = vocab
@@ -189,6 +198,7 @@ class BondMoENER(TrainablePipe):
             "o_drop": o_drop,
             "head_lr_scale": head_lr_scale,
             "estep_scope": estep_scope,
+            "shared_warmup": shared_warmup,
             "expert_prior": [1.0 / n_experts] * n_experts,
         }
         # Training-only state: never serialised.
@@ -198,6 +208,7 @@ class BondMoENER(TrainablePipe):
         self._teacher_targets: Dict[str, Targets] = {}
         self._teacher_step: Optional[int] = None
         self._events: List[Dict[str, Any]] = []
+        self._n_updates = 0
         self._rng = numpy.random.default_rng(0)
         install_extensions()
 
@@ -337,6 +348,7 @@ class BondMoENER(TrainablePipe):
         scores, backprop = self.model.begin_update([eg.predicted for eg in examples])
         loss, d_scores = self.get_loss(examples, scores)
         backprop(d_scores)
+        self._n_updates += 1
         if sgd not in (None, False):
             self.finish_update(sgd)
         losses[self.name] += loss
@@ -366,8 +378,9 @@ class BondMoENER(TrainablePipe):
         total = 0.0
         n_supervised = 0
         grads = []
+        shared = self.in_shared_warmup
         for eg, probs, (q, mask) in zip(examples, scores, targets):
-            expert = self.expert_of(em.doc_key(eg.reference))
+            expert = None if shared else self.expert_of(em.doc_key(eg.reference))
             gce_q = self.cfg["gce_q"] if self._teacher is None else 0.0
             xp = self.model.ops.xp
             mask_arr = xp.asarray(mask.astype("float32")[:, None])
@@ -379,6 +392,11 @@ class BondMoENER(TrainablePipe):
         if numpy.isnan(total):
             raise ValueError("[bond_moe_ner] NaN loss: check the learning rate and the input data")
         return total / norm, [g / norm for g in grads]
+
+    @property
+    def in_shared_warmup(self) -> bool:
+        """Whether updates still train every expert on every document (`shared_warmup`)."""
+        return self._n_updates < self.cfg.get("shared_warmup", 0)
 
     def expert_of(self, key: str) -> int:
         """Assigned expert of a document key (hash-based for unseen documents)."""
@@ -499,8 +517,11 @@ class BondMoENER(TrainablePipe):
         """Corpus-level E-step: score every document under every expert, balance the
         scores with Sinkhorn (if `fair`) and assign each document to its best expert.
 
-        RETURNS (Dict[str, Any]): the logged event (loads, changed docs, residual, time).
+        RETURNS (Dict[str, Any]): the logged event (loads, changed docs, residual, time);
+            empty, and nothing scored, during the shared warm-up.
         """
+        if self.in_shared_warmup:
+            return {}
         started = time.perf_counter()
         keys, costs, has_entity = self._score_corpus(examples, nlp, batch_size)
         if not keys:

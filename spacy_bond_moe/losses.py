@@ -3,7 +3,7 @@
 Gradients are returned with respect to the expert's *logits* (thinc's Softmax
 convention), so the expert heads pass them straight to their linear layer.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 from thinc.types import Floats2d, Floats3d
 from thinc.util import get_array_module
@@ -43,21 +43,26 @@ def generalized_cross_entropy(
 
 
 def expert_loss(
-    probs: Floats3d, expert: int, targets: Floats2d, mask: Floats2d, gce_q: float = 0.0
+    probs: Floats3d, expert: Optional[int], targets: Floats2d, mask: Floats2d,
+    gce_q: float = 0.0,
 ) -> Tuple[float, Floats3d]:
     """Loss of one document routed to one expert; other experts get no gradient.
 
     probs (Floats3d): (n, K, C) per-expert probabilities of the document's tokens.
-    expert (int): The expert this document is assigned to.
+    expert (Optional[int]): The expert this document is assigned to; None shares it:
+        the loss is the mean over all K experts, each receiving its part.
     gce_q (float): 0 for soft cross-entropy, else the GCE exponent.
     RETURNS (Tuple[float, Floats3d]): summed loss and (n, K, C) logit gradient.
     """
     xp = get_array_module(probs)
     d_probs = xp.zeros_like(probs)
-    p_k = probs[:, expert, :]
-    if gce_q > 0:
-        loss, d_k = generalized_cross_entropy(p_k, targets, mask, gce_q)
-    else:
-        loss, d_k = soft_cross_entropy(p_k, targets, mask)
-    d_probs[:, expert, :] = d_k
-    return loss, d_probs
+    experts = range(probs.shape[1]) if expert is None else (expert,)
+    total = 0.0
+    for k in experts:
+        if gce_q > 0:
+            loss, d_k = generalized_cross_entropy(probs[:, k, :], targets, mask, gce_q)
+        else:
+            loss, d_k = soft_cross_entropy(probs[:, k, :], targets, mask)
+        total += loss / len(experts)
+        d_probs[:, k, :] = d_k / len(experts)
+    return total, d_probs

@@ -317,6 +317,11 @@ def test_investigation_system_adds_its_overrides(tmp_path):
         run.build_command(spec_for(tmp_path, "webpage", "bond_moe")))
     scope = options(run.build_command(spec_for(tmp_path, "wikigold", "bond_moe_scope")))
     assert scope["--components.bond_moe_ner.estep_scope"] == "entities"
+    warmup = options(run.build_command(spec_for(tmp_path, "wikigold", "bond_moe_warmup")))
+    assert warmup["--components.bond_moe_ner.shared_warmup"] == "350"  # Wikigold's teacher_start
+    assert warmup["--training.before_update.teacher_start"] == "350"
+    assert "--components.bond_moe_ner.shared_warmup" not in options(
+        run.build_command(spec_for(tmp_path, "wikigold", "bond_moe")))
 
 
 def test_report_investigations_beside_bond_moe(tmp_path):

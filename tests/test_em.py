@@ -8,6 +8,7 @@ import spacy
 from spacy.tokens import DocBin
 from spacy.training import Example
 
+from spacy_bond_moe.callbacks import create_em_schedule
 from spacy_bond_moe.em import (
     DOC_ID_KEY, assign, balanced_random, doc_key, hash_expert, round_plan, sinkhorn,
 )
@@ -196,3 +197,40 @@ def test_estep_scope_rejects_unknown_value():
     nlp = spacy.blank("en")
     with pytest.raises(ValueError, match="estep_scope"):
         nlp.add_pipe("bond_moe_ner", config={"estep_scope": "docs"})
+
+
+def test_shared_warmup_trains_every_expert_and_defers_the_estep():
+    """During `shared_warmup` updates every document's loss reaches all K experts and
+    E-steps are skipped; afterwards each document trains its assigned expert only."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(3), "shared_warmup": 2})
+    examples = entity_and_empty_examples(nlp, n_docs=6)
+    optimizer = nlp.initialize(lambda: examples)
+    schedule = create_em_schedule("bond_moe_ner", lambda _: examples, 1, 0, 0)
+
+    def touched_experts(eg):
+        scores = ner.model.predict([eg.predicted])
+        _, grads = ner.get_loss([eg], scores)
+        return [k for k in range(3) if grads[0][:, k].any()]
+
+    for step in range(4):
+        schedule(nlp, {"step": step})
+        if step < 2:
+            initial = dict(ner._assignments)  # the balanced random routing of initialize()
+            assert ner.in_shared_warmup
+            assert ner.reassign_experts(examples, nlp=nlp, step=step) == {}
+            assert ner._assignments == initial
+            assert touched_experts(examples[0]) == [0, 1, 2]
+        else:
+            assert not ner.in_shared_warmup
+            assert touched_experts(examples[0]) == [ner.expert_of(doc_key(examples[0].reference))]
+        nlp.update(examples, sgd=optimizer)
+    estep_steps = [e["step"] for e in ner.pop_events() if e["event"] == "estep"]
+    assert estep_steps == [2, 3]
+
+
+def test_shared_warmup_rejects_negative_value():
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match="shared_warmup"):
+        nlp.add_pipe("bond_moe_ner", config={"shared_warmup": -1})

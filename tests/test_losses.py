@@ -56,3 +56,18 @@ def test_expert_loss_only_touches_assigned_expert():
     loss, grad = expert_loss(probs, 1, SOFT, MASK)
     assert loss == pytest.approx(soft_cross_entropy(probs[:, 1], SOFT, MASK)[0])
     assert (grad[:, 0] == 0).all() and (grad[:, 2] == 0).all() and grad[:, 1].any()
+
+
+@pytest.mark.parametrize("gce_q", [0.0, 0.7])
+def test_shared_expert_loss_is_the_mean_over_experts(gce_q):
+    logits = numpy.stack([Z, Z * 2, -Z], axis=1)  # (n, K=3, C)
+    onehot = numpy.eye(3)[[0, 1, 2]]
+
+    def shared(z):
+        return expert_loss(softmax(z), None, onehot, MASK, gce_q)[0]
+
+    loss, grad = expert_loss(softmax(logits), None, onehot, MASK, gce_q)
+    each = [expert_loss(softmax(logits), k, onehot, MASK, gce_q)[0] for k in range(3)]
+    assert loss == pytest.approx(sum(each) / 3)
+    assert numpy.allclose(grad, numeric_grad(shared, logits), atol=1e-5)
+    assert all(grad[:2, k].any() for k in range(3)) and (grad[2] == 0).all()
