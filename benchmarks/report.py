@@ -369,6 +369,54 @@ def investigations_section(main: Dict[str, List[Run]]) -> List[str]:
     return lines + table(header, rows) + [""]
 
 
+def stage_figures(run: Run) -> Optional[Dict[str, Optional[float]]]:
+    """Dev F1 (%) at the last evaluation before the first teacher and the best one after it,
+    the first teacher's kept token fraction and the share of documents the E-step at that
+    refresh re-routed (None for a run without a teacher)."""
+    start = (run.get("schedule") or {}).get("teacher_start")
+    teachers = [e for e in events_of(run) if e.get("event") == "teacher"]
+    if not start or not teachers:
+        return None
+    curve = [c for c in curve_of(run) if c.get("ents_f") is not None]
+    before = [c["ents_f"] for c in curve if c["step"] < start]
+    after = [c["ents_f"] for c in curve if c["step"] >= start]
+    reroute = [e for e in events_of(run) if e.get("event") == "estep" and e.get("step") == start]
+    return {
+        "stage_one": pct(before[-1]) if before else None,
+        "stage_two": pct(max(after)) if after else None,
+        "kept": teachers[0].get("kept_fraction"),
+        "rerouted": reroute[0]["changed"] / reroute[0]["n_docs"] if reroute else None,
+    }
+
+
+def stages_section(main: Dict[str, List[Run]]) -> List[str]:
+    """Where a K=3 system loses to K=1: stage I (distant labels) vs stage II (self-training)."""
+    rows = []
+    for dataset in DATASETS:
+        for run in sorted(main.get(dataset, []), key=lambda r: (system_rank(r["system"]), r["seed"])):
+            figures = stage_figures(run)
+            if figures is None:
+                continue
+            one, two = figures["stage_one"], figures["stage_two"]
+            gain = None if one is None or two is None else two - one
+            rerouted = figures["rerouted"]
+            rows.append([TITLES.get(dataset, dataset), f"`{run['system']}`", str(run["seed"]),
+                         fmt_num(one), fmt_num(two), fmt_num(gain),
+                         fmt_num(figures["kept"], 3),
+                         "–" if rerouted is None else f"{100 * rerouted:.0f}%"])
+    if not rows:
+        return []
+    lines = ["## Stage I vs stage II (dev F1 %, from the embedded dev curves and events)", "",
+             "Stage I = distant labels, stage II = self-training from the first teacher on. "
+             "Columns: dev F1 at the last evaluation before the first teacher; best dev F1 from it "
+             "on; their difference; the share of training tokens the first teacher's pseudo-labels "
+             "kept (soft: max q > threshold); the share of documents the E-step at that teacher "
+             "refresh moved to another expert (– for K=1).", ""]
+    header = ["dataset", "system", "seed", "stage I end", "stage II best", "gain",
+              "kept (1st teacher)", "re-routed at 1st teacher"]
+    return lines + table(header, rows) + [""]
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
     """A markdown table."""
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -594,6 +642,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
 
     lines += targets_section(main)
     lines += investigations_section(main)
+    lines += stages_section(main)
 
     # Per type
     lines += ["## Per-type F1 (%, dev-best checkpoint, test or dev split as above)", ""]

@@ -441,3 +441,30 @@ def test_gold_fit_expert_picks_the_expert_closest_to_gold():
     probs = numpy.full((2, 2, 3), 0.1)
     probs[:, 0, 0] = 0.8
     assert agreement.gold_fit_expert(probs, Example(nlp.make_doc(empty.text), empty), tags) == 0
+
+
+def test_report_stage_one_vs_stage_two(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    schedule = {"teacher_start": 300}
+    curve = [{"step": 0, "ents_f": 0.0}, {"step": 250, "ents_f": 0.2}, {"step": 300, "ents_f": 0.25},
+             {"step": 600, "ents_f": 0.35}, {"step": 650, "ents_f": 0.3}]
+    moe_events = [{"event": "estep", "step": 25, "n_docs": 10, "loads": [4, 3, 3], "changed": 9},
+                  {"event": "teacher", "step": 300, "n_docs": 10, "kept_fraction": 0.75},
+                  {"event": "estep", "step": 300, "n_docs": 10, "loads": [4, 3, 3], "changed": 5}]
+    runs = {
+        "bond_moe": fake_run("webpage", "bond_moe", 0, 0.5, 600, 600, schedule=schedule,
+                             curve=curve, events=moe_events),
+        "bond": fake_run("webpage", "bond", 0, 0.6, 600, 600, schedule=schedule, curve=curve,
+                         events=[{"event": "teacher", "step": 300, "n_docs": 10, "kept_fraction": 0.95}]),
+        "wo_self_training": fake_run("webpage", "wo_self_training", 0, 0.4, 600, 600,
+                                     schedule={"teacher_start": 0}, curve=curve, events=moe_events[:1]),
+    }
+    for system, data in runs.items():
+        (results / f"webpage__{system}__seed0.json").write_text(json.dumps(data))
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
+    text = out.read_text()
+    assert "| Webpage | `bond` | 0 | 20.0 | 35.0 | 15.0 | 0.950 | – |" in text
+    assert "| Webpage | `bond_moe` | 0 | 20.0 | 35.0 | 15.0 | 0.750 | 50% |" in text
+    assert "| Webpage | `wo_self_training` |" not in text  # no teacher: no stage II
