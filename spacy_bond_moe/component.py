@@ -13,13 +13,14 @@ from thinc.api import Config, Model, Optimizer, set_dropout_rate
 from thinc.types import Floats2d, Floats3d
 
 from . import em, teacher as teacher_lib
-from .losses import expert_loss
+from .losses import expert_loss, weighted_expert_loss
 from .tags import MISSING, example_tag_ids, make_tags, tags_to_spans, transition_mask, viterbi_decode
 
 EXPERT_EXTENSION = "bond_moe_expert"
 COMBINE_MODES = ("mean", "weighted")
 SELF_TRAINING_MODES = ("soft", "hard")
 ESTEP_SCOPES = ("all", "entities")
+M_STEPS = ("hard", "soft")
 
 DEFAULT_MODEL_CONFIG = """
 [model]
@@ -67,6 +68,7 @@ def install_extensions() -> None:
         "head_lr_scale": 1.0,
         "estep_scope": "all",
         "shared_warmup": 0,
+        "m_step": "hard",
         "scorer": {"@scorers": "spacy-bond-moe.ner_scorer.v1"},
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
@@ -89,6 +91,7 @@ def make_bond_moe_ner(
     head_lr_scale: float,
     estep_scope: str,
     shared_warmup: int,
+    m_step: str,
     scorer: Optional[Callable],
 ) -> "BondMoENER":
     """Create a BondMoENER component (see `BondMoENER` for the arguments)."""
@@ -110,6 +113,7 @@ def make_bond_moe_ner(
         head_lr_scale=head_lr_scale,
         estep_scope=estep_scope,
         shared_warmup=shared_warmup,
+        m_step=m_step,
         scorer=scorer,
     )
 
@@ -136,6 +140,9 @@ class BondMoENER(TrainablePipe):
     shared_warmup (int): Training updates during which every document trains every
         expert (its loss averaged over the K experts) and E-steps are skipped; routing by
         E-step starts after them (0: routed from the first update).
+    m_step (str): "hard" trains each document on its assigned expert; "soft" spreads its
+        loss over the experts by its E-step responsibilities (rows of the Sinkhorn plan if
+        `fair`, else softmax(-cost / sinkhorn_lambda)).
     """
 
     def __init__(
@@ -158,6 +165,7 @@ class BondMoENER(TrainablePipe):
         head_lr_scale: float = 1.0,
         estep_scope: str = "all",
         shared_warmup: int = 0,
+        m_step: str = "hard",
         scorer: Optional[Callable] = None,
     ) -> None:
         if combine not in COMBINE_MODES:
@@ -174,6 +182,8 @@ class BondMoENER(TrainablePipe):
             raise ValueError(
                 f"[bond_moe_ner] estep_scope must be one of {ESTEP_SCOPES}, got {estep_scope!r}"
             )
+        if m_step not in M_STEPS:
+            raise ValueError(f"[bond_moe_ner] m_step must be one of {M_STEPS}, got {m_step!r}")
         if shared_warmup < 0:
             raise ValueError(f"[bond_moe_ner] shared_warmup must be >= 0, got {shared_warmup}")
         if not 0.0 <= gce_q <= 1.0:
@@ -199,10 +209,12 @@ class BondMoENER(TrainablePipe):
             "head_lr_scale": head_lr_scale,
             "estep_scope": estep_scope,
             "shared_warmup": shared_warmup,
+            "m_step": m_step,
             "expert_prior": [1.0 / n_experts] * n_experts,
         }
         # Training-only state: never serialised.
         self._assignments: Dict[str, int] = {}
+        self._responsibilities: Dict[str, numpy.ndarray] = {}  # m_step = "soft"
         self._teacher: Optional[Model] = None
         self._teacher_freq: Optional[numpy.ndarray] = None
         self._teacher_targets: Dict[str, Targets] = {}
@@ -380,11 +392,16 @@ class BondMoENER(TrainablePipe):
         grads = []
         shared = self.in_shared_warmup
         for eg, probs, (q, mask) in zip(examples, scores, targets):
-            expert = None if shared else self.expert_of(em.doc_key(eg.reference))
+            key = em.doc_key(eg.reference)
             gce_q = self.cfg["gce_q"] if self._teacher is None else 0.0
             xp = self.model.ops.xp
             mask_arr = xp.asarray(mask.astype("float32")[:, None])
-            loss, d_probs = expert_loss(probs, expert, xp.asarray(q), mask_arr, gce_q)
+            weights = None if shared else self._responsibilities.get(key)
+            if weights is not None:
+                loss, d_probs = weighted_expert_loss(probs, weights, xp.asarray(q), mask_arr, gce_q)
+            else:
+                expert = None if shared else self.expert_of(key)
+                loss, d_probs = expert_loss(probs, expert, xp.asarray(q), mask_arr, gce_q)
             total += loss
             n_supervised += int(mask.sum())
             grads.append(d_probs)
@@ -526,6 +543,7 @@ class BondMoENER(TrainablePipe):
         keys, costs, has_entity = self._score_corpus(examples, nlp, batch_size)
         if not keys:
             raise ValueError("[bond_moe_ner] E-step over an empty corpus: check the E-step corpus path")
+        active = has_entity if self.cfg.get("estep_scope", "all") == "entities" else None
         experts, residual = em.assign(
             costs,
             fair=self.cfg["fair"],
@@ -533,10 +551,17 @@ class BondMoENER(TrainablePipe):
             max_iter=self.cfg["sinkhorn_max_iter"],
             tol=self.cfg["sinkhorn_tol"],
             seed=step or 0,
-            active=has_entity if self.cfg.get("estep_scope", "all") == "entities" else None,
+            active=active,
         )
         changed = sum(1 for key, k in zip(keys, experts) if self.expert_of(key) != int(k))
         self._assignments = {key: int(k) for key, k in zip(keys, experts)}
+        soft = None
+        if self.cfg.get("m_step", "hard") == "soft":
+            soft = em.responsibilities(
+                costs, fair=self.cfg["fair"], lam=self.cfg["sinkhorn_lambda"],
+                max_iter=self.cfg["sinkhorn_max_iter"], tol=self.cfg["sinkhorn_tol"], active=active,
+            )
+            self._responsibilities = dict(zip(keys, soft))
         loads = numpy.bincount(experts, minlength=self.n_experts)
         self.cfg["expert_prior"] = [float(x) for x in loads / loads.sum()]
         event = {
@@ -550,6 +575,8 @@ class BondMoENER(TrainablePipe):
             "mean_cost": [float(x) for x in costs.mean(axis=0)],
             "seconds": time.perf_counter() - started,
         }
+        if soft is not None:  # how hard the soft M-step is: 1/K = shared, 1.0 = hard routing
+            event["mean_max_responsibility"] = float(soft.max(axis=1).mean())
         self._events.append(event)
         return event
 

@@ -109,6 +109,31 @@ def assign(
     return round_plan(result.plan_log + jitter), result.residual
 
 
+def responsibilities(
+    costs: numpy.ndarray,
+    fair: bool = True,
+    lam: float = 0.1,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    active: Optional[numpy.ndarray] = None,
+) -> numpy.ndarray:
+    """Soft E-step: (N, K) expert weights per document, rows summing to 1.
+
+    fair=True: the rows of the Sinkhorn plan (uniform marginals) renormalised; fair=False:
+    softmax(-costs / lam). Documents outside `active` are spread uniformly.
+    """
+    n_docs, n_experts = costs.shape
+    weights = numpy.full((n_docs, n_experts), 1.0 / n_experts)
+    rows = numpy.ones((n_docs,), dtype=bool) if active is None else active
+    if rows.any():
+        if fair:
+            logits = sinkhorn(costs[rows], lam=lam, max_iter=max_iter, tol=tol).plan_log
+        else:
+            logits = -costs[rows].astype("float64") / lam
+        weights[rows] = numpy.exp(logits - log_sum_exp(logits, axis=1)[:, None])
+    return weights
+
+
 def round_plan(plan_log: numpy.ndarray) -> numpy.ndarray:
     """Greedy capacity-constrained rounding of a transport plan to hard assignments."""
     n_docs, n_experts = plan_log.shape

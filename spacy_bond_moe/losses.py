@@ -3,7 +3,7 @@
 Gradients are returned with respect to the expert's *logits* (thinc's Softmax
 convention), so the expert heads pass them straight to their linear layer.
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from thinc.types import Floats2d, Floats3d
 from thinc.util import get_array_module
@@ -54,15 +54,33 @@ def expert_loss(
     gce_q (float): 0 for soft cross-entropy, else the GCE exponent.
     RETURNS (Tuple[float, Floats3d]): summed loss and (n, K, C) logit gradient.
     """
+    n_experts = probs.shape[1]
+    if expert is None:
+        weights = [1.0 / n_experts] * n_experts
+    else:
+        weights = [1.0 if k == expert else 0.0 for k in range(n_experts)]
+    return weighted_expert_loss(probs, weights, targets, mask, gce_q)
+
+
+def weighted_expert_loss(
+    probs: Floats3d, weights: Sequence[float], targets: Floats2d, mask: Floats2d,
+    gce_q: float = 0.0,
+) -> Tuple[float, Floats3d]:
+    """Loss of one document spread over the experts: sum_k weights[k] * loss_k (soft M-step).
+
+    weights (Sequence[float]): (K,) non-negative responsibilities (zero: no gradient).
+    RETURNS (Tuple[float, Floats3d]): summed loss and (n, K, C) logit gradient.
+    """
     xp = get_array_module(probs)
     d_probs = xp.zeros_like(probs)
-    experts = range(probs.shape[1]) if expert is None else (expert,)
     total = 0.0
-    for k in experts:
+    for k, weight in enumerate(weights):
+        if weight <= 0:
+            continue
         if gce_q > 0:
             loss, d_k = generalized_cross_entropy(probs[:, k, :], targets, mask, gce_q)
         else:
             loss, d_k = soft_cross_entropy(probs[:, k, :], targets, mask)
-        total += loss / len(experts)
-        d_probs[:, k, :] = d_k / len(experts)
+        total += float(weight) * loss
+        d_probs[:, k, :] = float(weight) * d_k
     return total, d_probs

@@ -320,6 +320,8 @@ def test_investigation_system_adds_its_overrides(tmp_path):
     warmup = options(run.build_command(spec_for(tmp_path, "wikigold", "bond_moe_warmup")))
     assert warmup["--components.bond_moe_ner.shared_warmup"] == "350"  # Wikigold's teacher_start
     assert warmup["--training.before_update.teacher_start"] == "350"
+    soft = options(run.build_command(spec_for(tmp_path, "webpage", "bond_moe_soft")))
+    assert soft["--components.bond_moe_ner.m_step"] == "soft"
     assert "--components.bond_moe_ner.shared_warmup" not in options(
         run.build_command(spec_for(tmp_path, "wikigold", "bond_moe")))
 

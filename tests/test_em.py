@@ -9,8 +9,10 @@ from spacy.tokens import DocBin
 from spacy.training import Example
 
 from spacy_bond_moe.callbacks import create_em_schedule
+from spacy_bond_moe.losses import expert_loss
 from spacy_bond_moe.em import (
-    DOC_ID_KEY, assign, balanced_random, doc_key, hash_expert, round_plan, sinkhorn,
+    DOC_ID_KEY, assign, balanced_random, doc_key, hash_expert, responsibilities, round_plan,
+    sinkhorn,
 )
 
 from .conftest import cnn_moe_model, make_doc
@@ -234,3 +236,47 @@ def test_shared_warmup_rejects_negative_value():
     nlp = spacy.blank("en")
     with pytest.raises(ValueError, match="shared_warmup"):
         nlp.add_pipe("bond_moe_ner", config={"shared_warmup": -1})
+
+
+@pytest.mark.parametrize("fair", [True, False])
+def test_responsibilities_rows_and_balance(fair):
+    costs = skewed_costs(n_docs=300)
+    weights = responsibilities(costs, fair=fair, lam=0.1)
+    assert weights.shape == (300, 3) and numpy.allclose(weights.sum(axis=1), 1.0)
+    share = weights.mean(axis=0)
+    if fair:  # Sinkhorn: every expert holds a third of the mass
+        assert numpy.allclose(share, 1 / 3, atol=1e-5)
+    else:  # softmax of the costs: expert 0's uniform advantage takes most of it
+        assert share[0] > 0.6
+    hard = assign(costs, fair=fair)[0]
+    assert (weights.argmax(axis=1) == hard).mean() > 0.9
+    spread = responsibilities(costs, fair=fair, active=numpy.arange(300) < 100)
+    assert numpy.allclose(spread[100:], 1 / 3)
+
+
+def test_soft_m_step_spreads_each_document_over_the_experts():
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(3), "m_step": "soft",
+                                               "sinkhorn_lambda": 10.0})
+    examples = entity_and_empty_examples(nlp, n_docs=6)
+    nlp.initialize(lambda: examples)
+    eg = examples[0]
+    _, grads = ner.get_loss([eg], ner.model.predict([eg.predicted]))
+    assert sum(bool(grads[0][:, k].any()) for k in range(3)) == 1  # before any E-step: routed
+    event = ner.reassign_experts(examples, nlp=nlp, step=1)
+    assert 1 / 3 <= event["mean_max_responsibility"] < 0.5  # a large lambda: nearly uniform
+    scores = ner.model.predict([eg.predicted])
+    _, grads = ner.get_loss([eg], scores)
+    weights = ner._responsibilities[doc_key(eg.reference)]
+    q, mask = ner.targets([eg])[0]
+    mask_arr = mask.astype("float32")[:, None]
+    expected = sum(w * expert_loss(scores[0], k, q, mask_arr)[1] for k, w in enumerate(weights))
+    assert numpy.allclose(grads[0], expected / mask.sum(), atol=1e-7)
+    assert all(grads[0][:, k].any() for k in range(3))
+
+
+def test_m_step_rejects_unknown_value():
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match="m_step"):
+        nlp.add_pipe("bond_moe_ner", config={"m_step": "average"})
