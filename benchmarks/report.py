@@ -351,12 +351,20 @@ def investigations_section(main: Dict[str, List[Run]]) -> List[str]:
     if not runs:
         return []
     lines = ["## Investigations (systems outside the suite, one hypothesis each)", "",
-             "F1 % of the dev-best / last checkpoint, beside `bond_moe` with the "
-             "same dataset, seed and step cap.", ""]
+             "Summary: F1 % of the dev-best checkpoint, mean ± std over seeds, beside the suite's "
+             "K=3 and K=1 systems on the same dataset and step cap. Then per run: dev-best / last "
+             "checkpoint beside `bond_moe` with the same seed.", ""]
 
     def pair(r: Run) -> str:
         return f"{fmt_num(metric(r, 'eval_at_best'))} / {fmt_num(metric(r, 'eval_at_last'))}"
 
+    summary = []
+    for dataset in DATASETS:
+        group = main.get(dataset, [])
+        for system in sorted({r["system"] for r in runs if r["dataset"] == dataset}):
+            summary.append([f"{TITLES[dataset]} ({split_name(group)})", f"`{system}`",
+                            cell(group, system), cell(group, "bond_moe"), cell(group, "bond")])
+    lines += table(["dataset", "system", "F1", "`bond_moe` (K=3)", "`bond` (K=1)"], summary) + [""]
     rows = []
     for run in runs:
         base = [r for r in main.get(run["dataset"], [])

@@ -335,6 +335,7 @@ def test_report_investigations_beside_bond_moe(tmp_path):
     out = tmp_path / "RESULTS.md"
     assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
     section = out.read_text().split("## Investigations")[1].split("## Per-type")[0]
+    assert "| Webpage (test) | `bond_moe_scope` | 65.0 ± 7.1 (n=2) | 50.0 (n=1) | not run |" in section
     assert "| Webpage (test) | `bond_moe_scope` | 0 | about bond_moe_scope | 60.0 / 55.0 | 50.0 / 45.0 |" in section
     assert "| Webpage (test) | `bond_moe_scope` | 1 | about bond_moe_scope | 70.0 / 65.0 | not run |" in section
     assert "`bond_moe` |" not in section  # the suite's systems are not investigations
