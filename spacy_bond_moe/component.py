@@ -137,9 +137,10 @@ class BondMoENER(TrainablePipe):
         documents whose current targets contain an entity and deals the entity-free
         ones evenly at random, anew at each E-step (otherwise they fill one expert,
         which learns "O" only).
-    shared_warmup (int): Training updates during which every document trains every
-        expert (its loss averaged over the K experts) and E-steps are skipped; routing by
-        E-step starts after them (0: routed from the first update).
+    shared_warmup (int): Calls of `update` (= optimizer steps unless gradients are
+        accumulated) during which every document trains every expert (its loss averaged
+        over the K experts) and E-steps are skipped; routing by E-step starts after them
+        (0: routed from the first update; `teacher_start`: a shared stage I).
     m_step (str): "hard" trains each document on its assigned expert; "soft" spreads its
         loss over the experts by its E-step responsibilities (rows of the Sinkhorn plan if
         `fair`, else softmax(-cost / sinkhorn_lambda)).
