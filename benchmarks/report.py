@@ -382,13 +382,14 @@ def stage_figures(run: Run) -> Optional[Dict[str, Optional[float]]]:
     the first teacher's kept token fraction and the share of documents the E-step at that
     refresh re-routed (None for a run without a teacher)."""
     start = (run.get("schedule") or {}).get("teacher_start")
-    teachers = [e for e in events_of(run) if e.get("event") == "teacher"]
+    events = events_of(run)
+    teachers = [e for e in events if e.get("event") == "teacher"]
     if not start or not teachers:
         return None
     curve = [c for c in curve_of(run) if c.get("ents_f") is not None]
     before = [c["ents_f"] for c in curve if c["step"] < start]
     after = [c["ents_f"] for c in curve if c["step"] >= start]
-    reroute = [e for e in events_of(run) if e.get("event") == "estep" and e.get("step") == start]
+    reroute = [e for e in events if e.get("event") == "estep" and e.get("step") == start]
     return {
         "stage_one": pct(before[-1]) if before else None,
         "stage_two": pct(max(after)) if after else None,
