@@ -218,9 +218,9 @@ def labels_section(runs: Sequence[Run], quality: Optional[Dict[str, Any]],
     return lines
 
 
-def system_rank(system: str) -> int:
-    """Position of a system in the report's order (unknown systems last)."""
-    return SYSTEM_ORDER.index(system) if system in SYSTEM_ORDER else len(SYSTEM_ORDER)
+def system_rank(system: str) -> Tuple[int, str]:
+    """Position of a system in the report's order (unknown systems last, by name)."""
+    return (SYSTEM_ORDER.index(system) if system in SYSTEM_ORDER else len(SYSTEM_ORDER), system)
 
 
 def select_cap(runs: Sequence[Run]) -> Optional[int]:
