@@ -342,9 +342,14 @@ def targets_section(main: Dict[str, List[Run]]) -> List[str]:
     return lines + table(["encoder", "check"] + [TITLES[d] for d in DATASETS] + ["datasets"], rows) + [""]
 
 
+def suite_baselines(system: str) -> Tuple[str, str]:
+    """The suite's K=3 and K=1 systems with the same encoder as an investigation system."""
+    return ("bond_moe_cnn", "bond_cnn") if system.endswith("_cnn") else ("bond_moe", "bond")
+
+
 def investigations_section(main: Dict[str, List[Run]]) -> List[str]:
-    """One row per run of a system outside the suite (a hypothesis test), beside `bond_moe`
-    of the same dataset and seed."""
+    """One row per run of a system outside the suite (a hypothesis test), beside the suite's
+    BOND-MoE with the same encoder, dataset and seed."""
     runs = sorted((r for group in main.values() for r in group if r["system"] not in SYSTEM_ORDER),
                   key=lambda r: (DATASETS.index(r["dataset"]) if r["dataset"] in DATASETS else 99,
                                  r["system"], r["seed"]))
@@ -352,8 +357,9 @@ def investigations_section(main: Dict[str, List[Run]]) -> List[str]:
         return []
     lines = ["## Investigations (systems outside the suite, one hypothesis each)", "",
              "Summary: F1 % of the dev-best checkpoint, mean ± std over seeds, beside the suite's "
-             "K=3 and K=1 systems on the same dataset and step cap. Then per run: dev-best / last "
-             "checkpoint beside `bond_moe` with the same seed.", ""]
+             "K=3 and K=1 systems with the same encoder (`bond_moe` / `bond` for MiniLM, "
+             "`bond_moe_cnn` / `bond_cnn` for `*_cnn`) on the same dataset and step cap. Then per "
+             "run: dev-best / last checkpoint beside that K=3 system with the same seed.", ""]
 
     def pair(r: Run) -> str:
         return f"{fmt_num(metric(r, 'eval_at_best'))} / {fmt_num(metric(r, 'eval_at_last'))}"
@@ -362,18 +368,21 @@ def investigations_section(main: Dict[str, List[Run]]) -> List[str]:
     for dataset in DATASETS:
         group = main.get(dataset, [])
         for system in sorted({r["system"] for r in runs if r["dataset"] == dataset}):
+            k3, k1 = suite_baselines(system)
             summary.append([f"{TITLES[dataset]} ({split_name(group)})", f"`{system}`",
-                            cell(group, system), cell(group, "bond_moe"), cell(group, "bond")])
-    lines += table(["dataset", "system", "F1", "`bond_moe` (K=3)", "`bond` (K=1)"], summary) + [""]
+                            cell(group, system), f"{cell(group, k3)} `{k3}`",
+                            f"{cell(group, k1)} `{k1}`"])
+    lines += table(["dataset", "system", "F1", "suite K=3", "suite K=1"], summary) + [""]
     rows = []
     for run in runs:
+        k3 = suite_baselines(run["system"])[0]
         base = [r for r in main.get(run["dataset"], [])
-                if r["system"] == "bond_moe" and r["seed"] == run["seed"]]
+                if r["system"] == k3 and r["seed"] == run["seed"]]
         dataset = f"{TITLES.get(run['dataset'], run['dataset'])} ({split_name([run])})"
         rows.append([dataset, f"`{run['system']}`",
                      str(run["seed"]), run.get("system_description", ""), pair(run),
                      pair(base[0]) if base else NOT_RUN])
-    header = ["dataset", "system", "seed", "what changes", "F1 best / last", "`bond_moe` best / last"]
+    header = ["dataset", "system", "seed", "what changes", "F1 best / last", "suite K=3 best / last"]
     return lines + table(header, rows) + [""]
 
 

@@ -320,6 +320,9 @@ def test_investigation_system_adds_its_overrides(tmp_path):
     warmup = options(run.build_command(spec_for(tmp_path, "wikigold", "bond_moe_warmup")))
     assert warmup["--components.bond_moe_ner.shared_warmup"] == "350"  # Wikigold's teacher_start
     assert warmup["--training.before_update.teacher_start"] == "350"
+    warmup_cnn = spec_for(tmp_path, "twitter", "bond_moe_warmup_cnn")
+    assert run.build_command(warmup_cnn)[4] == "configs/cnn.cfg"
+    assert options(run.build_command(warmup_cnn))["--components.bond_moe_ner.shared_warmup"] == "900"
     soft = options(run.build_command(spec_for(tmp_path, "webpage", "bond_moe_soft")))
     assert soft["--components.bond_moe_ner.m_step"] == "soft"
     assert "--components.bond_moe_ner.shared_warmup" not in options(
@@ -329,16 +332,25 @@ def test_investigation_system_adds_its_overrides(tmp_path):
 def test_report_investigations_beside_bond_moe(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    for system, seed, f in (("bond_moe", 0, 0.50), ("bond_moe_scope", 0, 0.60), ("bond_moe_scope", 1, 0.70)):
+    for system, seed, f in (("bond_moe", 0, 0.50), ("bond_moe_scope", 0, 0.60), ("bond_moe_scope", 1, 0.70),
+                            ("bond_moe_cnn", 0, 0.30), ("bond_cnn", 0, 0.20),
+                            ("bond_moe_warmup_cnn", 0, 0.40)):
         data = fake_run("webpage", system, seed, f, 600, 600, system_description=f"about {system}")
         (results / f"webpage__{system}__seed{seed}.json").write_text(json.dumps(data))
     out = tmp_path / "RESULTS.md"
     assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
     section = out.read_text().split("## Investigations")[1].split("## Per-type")[0]
-    assert "| Webpage (test) | `bond_moe_scope` | 65.0 ± 7.1 (n=2) | 50.0 (n=1) | not run |" in section
+    assert ("| Webpage (test) | `bond_moe_scope` | 65.0 ± 7.1 (n=2) | 50.0 (n=1) `bond_moe` "
+            "| not run `bond` |") in section
     assert "| Webpage (test) | `bond_moe_scope` | 0 | about bond_moe_scope | 60.0 / 55.0 | 50.0 / 45.0 |" in section
     assert "| Webpage (test) | `bond_moe_scope` | 1 | about bond_moe_scope | 70.0 / 65.0 | not run |" in section
-    assert "`bond_moe` |" not in section  # the suite's systems are not investigations
+    # a CNN investigation is compared with the CNN suite systems, not the MiniLM ones
+    assert ("| Webpage (test) | `bond_moe_warmup_cnn` | 40.0 (n=1) | 30.0 (n=1) `bond_moe_cnn` "
+            "| 20.0 (n=1) `bond_cnn` |") in section
+    assert ("| Webpage (test) | `bond_moe_warmup_cnn` | 0 | about bond_moe_warmup_cnn | 40.0 / 35.0 "
+            "| 30.0 / 25.0 |") in section
+    for suite in ("bond_moe", "bond_moe_cnn", "bond_cnn"):  # the suite's systems are not investigations
+        assert f"| `{suite}` |" not in section
 
 
 def test_report_cnn_table_and_targets(tmp_path):
