@@ -342,9 +342,17 @@ def targets_section(main: Dict[str, List[Run]]) -> List[str]:
     return lines + table(["encoder", "check"] + [TITLES[d] for d in DATASETS] + ["datasets"], rows) + [""]
 
 
+def encoder_of(system: str) -> str:
+    """The encoder a system runs on, as named in TARGETS: `*_cnn` systems use configs/cnn.cfg."""
+    return "CNN" if system.endswith("_cnn") else "MiniLM"
+
+
 def suite_baselines(system: str) -> Tuple[str, str]:
-    """The suite's K=3 and K=1 systems with the same encoder as an investigation system."""
-    return ("bond_moe_cnn", "bond_cnn") if system.endswith("_cnn") else ("bond_moe", "bond")
+    """The suite's K=3 and K=1 (w/o MoE) systems of TARGETS with the same encoder as an
+    investigation system."""
+    full, ablations = next((full, dict(ablations)) for name, full, _, ablations in TARGETS
+                           if name == encoder_of(system))
+    return full, ablations["MoE"]
 
 
 def investigations_section(main: Dict[str, List[Run]]) -> List[str]:
@@ -709,12 +717,10 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     made: List[str] = []
     current: Set[str] = set()  # file names of the plots this report makes
     if make_plots:
-        cnn = {system for _, system in TABLE_CNN}
         for d in DATASETS:
             group = main.get(d, [])
-            for suffix, encoder, subset in (
-                    ("", "MiniLM", [r for r in group if r["system"] not in cnn]),
-                    ("_cnn", "CNN", [r for r in group if r["system"] in cnn])):
+            for suffix, encoder in (("", "MiniLM"), ("_cnn", "CNN")):
+                subset = [r for r in group if encoder_of(r["system"]) == encoder]
                 name = f"dev_f1_{d}{suffix}.png"
                 if subset and plot_dev_curves(d, subset, caps[d], plots / name, encoder):
                     made.append(f"![{TITLES[d]} {encoder} dev F1 vs step]({rel_plots}/{name})")
