@@ -174,6 +174,40 @@ def experts_section(results: Path) -> List[str]:
     return lines + table(header, rows or [[NOT_RUN] * 6]) + [""]
 
 
+def tokenization_section(tokens: Optional[Dict[str, Any]], runs: Sequence[Run], results: Optional[Path]) -> List[str]:
+    """spaCy's re-tokenisation of the corpora (benchmarks/tokenization.py) and what it does to the scores."""
+    lines = ["## Tokenisation: spaCy's tokens vs the datasets' own", "",
+             "Training and evaluation read the DocBins with `gold_preproc = false`: each document is "
+             "re-tokenised by spaCy's English tokenizer and the labels are aligned to the new tokens; "
+             "`spacy evaluate` maps each predicted entity back to the dataset's tokens before matching "
+             "(spaCy's `get_ner_prf`).", ""]
+    if tokens is None:
+        return lines + [NOT_RUN, ""]
+    lines += [f"`{tokens['command']}` → `{tokens['_file']}`:", ""]
+    rows = [[r["dataset"], r["split"], f"{r['docs']:,}", f"{r['docs_retokenized']:,}",
+             f"{r['tokens']:,} → {r['spacy_tokens']:,}", f"{r['entities']:,}", str(r["entities_off_boundaries"]),
+             str(r["spacy_tokens_label_missing"])] for r in tokens["splits"]]
+    lines += table(["dataset", "split", "docs", "docs re-tokenised", "tokens: dataset → spaCy", "entities",
+                    "entities off spaCy token boundaries", "spaCy tokens with a missing label"], rows) + [""]
+    by_name = {r["_file"][: -len(".json")]: r for r in runs}
+    rows = []
+    for path in sorted(results.glob("experts__*.json")) if results is not None else []:
+        match = re.fullmatch(r"experts__(.+)__([a-z]+)\.json", path.name)
+        run = by_name.get(match.group(1)) if match else None
+        if run is None or run.get("eval_split") != match.group(2):
+            continue
+        mixture = json.loads(path.read_text(encoding="utf8"))["entity_scores"]["mixture"]["f"]
+        ours = metric(run, "eval_at_best")
+        rows.append([f"`{run['_file']}`", match.group(2), fmt_num(ours), fmt_num(100 * mixture),
+                     "-" if ours is None else f"{100 * mixture - ours:+.1f}"])
+    if rows:
+        lines += ["The same `model-best` scored both ways: `spacy evaluate` on spaCy's tokens (the tables "
+                  "above) and `benchmarks/expert_agreement.py`'s mixture on the dataset's tokens "
+                  "(same decoder, strict span match).", ""]
+        lines += table(["run", "split", "F1 spaCy tokens (tables)", "F1 dataset tokens", "difference"], rows) + [""]
+    return lines
+
+
 def labels_section(runs: Sequence[Run], quality: Optional[Dict[str, Any]],
                    scale: Optional[Dict[str, Any]],
                    test_quality: Optional[Dict[str, Any]] = None) -> List[str]:
@@ -603,7 +637,8 @@ def plot_experts(run: Run, path: Path) -> bool:
 def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = True,
                  quality: Optional[Dict[str, Any]] = None, scale: Optional[Dict[str, Any]] = None,
                  speed: Optional[Dict[str, Any]] = None, profile: Optional[Dict[str, Any]] = None,
-                 test_quality: Optional[Dict[str, Any]] = None, out_results: Optional[Path] = None) -> str:
+                 test_quality: Optional[Dict[str, Any]] = None, out_results: Optional[Path] = None,
+                 tokens: Optional[Dict[str, Any]] = None) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
     selected = {r["_file"] for group in main.values() for r in group}
@@ -687,6 +722,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
         lines += [NOT_RUN, ""]
 
     lines += experts_section(out_results) if out_results is not None else []
+    lines += tokenization_section(tokens, runs, out_results)
     lines += labels_section(runs, quality, scale, test_quality)
     lines += speed_section(speed, profile)
 
@@ -792,7 +828,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         speed=load_extra(args.results, "speed__webpage__minilm.json"),
                         profile=load_extra(args.results, "profile_experts.json"),
                         test_quality=load_extra(args.results, "label_quality__conll03_test.json"),
-                        out_results=args.results if args.results.is_dir() else None)
+                        out_results=args.results if args.results.is_dir() else None,
+                        tokens=load_extra(args.results, "tokenization.json"))
     write_text_atomic(out, text + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return 0

@@ -483,3 +483,41 @@ def test_report_stage_one_vs_stage_two(tmp_path):
     assert "| Webpage | `bond` | 0 | 20.0 | 35.0 | 15.0 | 0.950 | – |" in text
     assert "| Webpage | `bond_moe` | 0 | 20.0 | 35.0 | 15.0 | 0.750 | 50% |" in text
     assert "| Webpage | `wo_self_training` |" not in text  # no teacher: no stage II
+
+
+def test_tokenization_counts_and_report_section(tmp_path):
+    import spacy
+    from spacy.tokens import Doc, DocBin
+
+    tokenization = load_module("tokenization")
+    nlp = spacy.blank("en")
+    # spaCy splits "AL-AIN" (the entity keeps its boundaries) and merges "Apple"+"Inc" written
+    # without a space (the entity "Apple" ends inside a spaCy token: its label is missing there).
+    split = Doc(nlp.vocab, words=["AL-AIN", ",", "UAE"], ents=["B-LOC", "O", "B-LOC"])
+    merged = Doc(nlp.vocab, words=["Apple", "Inc", "rose"], spaces=[False, True, False],
+                 ents=["B-ORG", "O", "O"])
+    same = Doc(nlp.vocab, words=["Paris", "."], spaces=[False, False], ents=["B-LOC", "O"])
+    stats = tokenization.split_stats(nlp, [split, merged, same])
+    assert stats == {"docs": 3, "docs_retokenized": 2, "tokens": 8, "spacy_tokens": 9, "entities": 4,
+                     "entities_off_boundaries": 1, "spacy_tokens_label_missing": 1}
+
+    corpus = tmp_path / "corpus" / "webpage"
+    corpus.mkdir(parents=True)
+    DocBin(docs=[split, merged, same]).to_disk(corpus / "test.spacy")
+    results = tmp_path / "results"
+    out_json = results / "tokenization.json"
+    assert tokenization.main(["--corpus", str(tmp_path / "corpus"), "--out", str(out_json)]) == 0
+    assert tokenization.main(["--corpus", str(tmp_path / "empty"), "--out", str(out_json)]) == 1
+    rows = json.loads(out_json.read_text())["splits"]
+    assert [(r["dataset"], r["split"], r["docs_retokenized"]) for r in rows] == [("webpage", "test", 2)]
+
+    # a run JSON and its expert-agreement JSON on the same split: both scores side by side
+    run_json = fake_run("webpage", "bond_moe", 0, 0.5, 600, 600)
+    (results / "webpage__bond_moe__seed0.json").write_text(json.dumps(run_json))
+    agreement = {"n_experts": 1, "entity_scores": {"expert_0": {"f": 0.52}, "mixture": {"f": 0.52}}, "pairs": {}}
+    (results / "experts__webpage__bond_moe__seed0__test.json").write_text(json.dumps(agreement))
+    out = tmp_path / "RESULTS.md"
+    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
+    text = out.read_text()
+    assert "| webpage | test | 3 | 2 | 8 → 9 | 4 | 1 | 1 |" in text
+    assert "| `webpage__bond_moe__seed0.json` | test | 50.0 | 52.0 | +2.0 |" in text
