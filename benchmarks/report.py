@@ -147,7 +147,19 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
     return lines
 
 
-def experts_section(results: Path) -> List[str]:
+def analysed_run(path: Path, data: Dict[str, Any], runs: Sequence[Run]) -> Tuple[Optional[Run], bool]:
+    """The run JSON an `experts__<run>__<split>.json` belongs to, and whether the analysis is stale.
+
+    Stale = both files carry a model fingerprint and they differ: `model-best` was retrained
+    (`run.py --force`) after `expert_agreement.py` read it. Older files without one are not checked.
+    """
+    match = re.fullmatch(r"experts__(.+)__([a-z]+)\.json", path.name)
+    run = {r["_file"][: -len(".json")]: r for r in runs}.get(match.group(1)) if match else None
+    ours, theirs = data.get("model_sha256"), (run or {}).get("model_best_sha256")
+    return run, bool(ours and theirs and ours != theirs)
+
+
+def experts_section(results: Path, runs: Sequence[Run] = ()) -> List[str]:
     """Per-expert F1 and agreement of trained pipelines (benchmarks/expert_agreement.py)."""
     lines = ["## Do the experts differ? (`benchmarks/expert_agreement.py`)", "",
              "Each expert decoded alone vs the mixture (entity F1 %), and per pair of experts the share "
@@ -167,7 +179,9 @@ def experts_section(results: Path) -> List[str]:
         loads = (" / ".join(f"{e['docs']} ({e['entity_free']})" for e in view["per_expert"])
                  if view else NOT_RUN)
         oracle = scores.get("leaky_oracle")
-        rows.append([f"`{path.name}`", experts, fmt_num(100 * scores["mixture"]["f"]),
+        stale = " (**stale**: model-best retrained since; rerun expert_agreement.py)" if analysed_run(
+            path, data, runs)[1] else ""
+        rows.append([f"`{path.name}`{stale}", experts, fmt_num(100 * scores["mixture"]["f"]),
                      fmt_num(100 * oracle["f"]) if oracle else NOT_RUN, pairs, loads])
     header = ["analysis", "experts alone (F1)", "mixture (F1)", "leaky oracle (F1; reads gold, NOT valid)",
               "agreement / TV per pair", "E-step docs (entity-free) per expert"]
@@ -189,16 +203,15 @@ def tokenization_section(tokens: Optional[Dict[str, Any]], runs: Sequence[Run], 
              str(r["spacy_tokens_label_missing"])] for r in tokens["splits"]]
     lines += table(["dataset", "split", "docs", "docs re-tokenised", "tokens: dataset → spaCy", "entities",
                     "entities off spaCy token boundaries", "spaCy tokens with a missing label"], rows) + [""]
-    by_name = {r["_file"][: -len(".json")]: r for r in runs}
     rows = []
     for path in sorted(results.glob("experts__*.json")) if results is not None else []:
-        match = re.fullmatch(r"experts__(.+)__([a-z]+)\.json", path.name)
-        run = by_name.get(match.group(1)) if match else None
-        if run is None or run.get("eval_split") != match.group(2):
+        data = json.loads(path.read_text(encoding="utf8"))
+        run, stale = analysed_run(path, data, runs)
+        if run is None or stale or not path.name.endswith(f"__{run.get('eval_split')}.json"):
             continue
-        mixture = json.loads(path.read_text(encoding="utf8"))["entity_scores"]["mixture"]["f"]
+        mixture = data["entity_scores"]["mixture"]["f"]
         ours = metric(run, "eval_at_best")
-        rows.append([f"`{run['_file']}`", match.group(2), fmt_num(ours), fmt_num(100 * mixture),
+        rows.append([f"`{run['_file']}`", run["eval_split"], fmt_num(ours), fmt_num(100 * mixture),
                      "-" if ours is None else f"{100 * mixture - ours:+.1f}"])
     if rows:
         lines += ["The same `model-best` scored both ways: `spacy evaluate` on spaCy's tokens (the tables "
@@ -721,7 +734,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     if not any_type:
         lines += [NOT_RUN, ""]
 
-    lines += experts_section(out_results) if out_results is not None else []
+    lines += experts_section(out_results, runs) if out_results is not None else []
     lines += tokenization_section(tokens, runs, out_results)
     lines += labels_section(runs, quality, scale, test_quality)
     lines += speed_section(speed, profile)

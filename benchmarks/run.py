@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -307,6 +308,17 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def model_fingerprint(model_dir: Path) -> str:
+    """SHA-256 over every file of a saved pipeline (relative names and bytes), to tie analyses to a model."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(model_dir).as_posix().encode("utf8") + b"\0")
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def rel(path: Path) -> str:
     """A path relative to the repository root when inside it, else absolute."""
     path = Path(path).resolve()
@@ -506,6 +518,7 @@ def run_one(spec: RunSpec, force: bool = False) -> str:
         "dev_at_best": dev_at_best,
         "eval_at_best": eval_at_best,
         "eval_at_last": eval_at_last,
+        "model_best_sha256": model_fingerprint(spec.run_dir / "model-best"),
         "train_wall_seconds": round(train_wall, 2),
         "eval_wall_seconds": round(eval_wall, 2),
         # Approximate: train words processed / wall time of the whole `spacy train` process,

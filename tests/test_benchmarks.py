@@ -434,6 +434,10 @@ def test_expert_agreement_with_estep_view(tmp_path):
     assert sum(e["docs"] for e in view["per_expert"]) == 12
     assert sum(e["entity_free"] for e in view["per_expert"]) == 6
     assert result["command"].endswith(f"--train {data}")
+    run = load_module("run")
+    assert result["model_sha256"] == run.model_fingerprint(tmp_path / "model")
+    (tmp_path / "model" / "meta.json").write_text("{}")
+    assert run.model_fingerprint(tmp_path / "model") != result["model_sha256"]
 
 
 def test_gold_fit_expert_picks_the_expert_closest_to_gold():
@@ -521,3 +525,13 @@ def test_tokenization_counts_and_report_section(tmp_path):
     text = out.read_text()
     assert "| webpage | test | 3 | 2 | 8 → 9 | 4 | 1 | 1 |" in text
     assert "| `webpage__bond_moe__seed0.json` | test | 50.0 | 52.0 | +2.0 |" in text
+    assert "(**stale**" not in text
+
+    # model-best retrained after the analysis: the pair is flagged, not compared
+    run_json["model_best_sha256"], agreement["model_sha256"] = "a" * 64, "b" * 64
+    (results / "webpage__bond_moe__seed0.json").write_text(json.dumps(run_json))
+    (results / "experts__webpage__bond_moe__seed0__test.json").write_text(json.dumps(agreement))
+    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
+    text = out.read_text()
+    assert "| `webpage__bond_moe__seed0.json` | test |" not in text
+    assert "| `experts__webpage__bond_moe__seed0__test.json` (**stale**: model-best retrained since" in text
