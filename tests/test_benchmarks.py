@@ -403,6 +403,14 @@ def test_report_cnn_table_and_targets(tmp_path):
         "2 of 4 measured pass (2 beyond noise); target 3 of 4: not met |")
     assert rows["gain of fair assignment: BOND-MoE − w/o fair assignment"].endswith(
         "4 of 4 measured pass (0 beyond noise); target 3 of 4: met on signs only, not beyond noise |")
+    # The shared-stage-I investigation in BOND-MoE's place: reported, with no target verdict.
+    for d in report.DATASETS:
+        main[d] += seeds(d, "bond_moe_warmup_cnn", 0.70, 0.72)
+    rows = {line.split(" | ")[1]: line for line in report.targets_section(main) if line.startswith("| CNN")}
+    shared = "*investigation, not counted*: `bond_moe_warmup_cnn` (shared stage I) − "
+    assert rows[shared + "w/o MoE"].endswith(
+        "| +10.0 (n 2/2, noise 1.4) | +30.0 (n 2/2, noise 1.4) | 4 of 4 measured pass (4 beyond noise) |")
+    assert rows[shared + "spaCy `ner` (≥ +10)"].endswith("| 4 of 4 measured pass (4 beyond noise) |")
 
 def test_expert_agreement_with_estep_view(tmp_path):
     import spacy
