@@ -116,7 +116,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pairs[f"{a}-{b}"] = {"argmax_agreement": round(same / max(n, 1), 4), "mean_tv_distance": round(tv, 4)}
     command = f"python benchmarks/expert_agreement.py {args.model} {args.data}"
     result: Dict[str, Any] = {"command": command + (f" --train {args.train}" if args.train else ""),
-                              "model_sha256": model_fingerprint(args.model), "n_docs": len(docs), "n_experts": k, "entity_scores": scores, "pairs": pairs}
+                              "model_sha256": model_fingerprint(args.model), "n_docs": len(docs),
+                              "n_experts": k, "entity_scores": scores, "pairs": pairs}
     if args.train is not None:
         result["estep_view"] = estep_view(nlp, pipe, args.train)
     out = args.out or ROOT / "benchmarks" / "results" / f"experts__{args.model.parent.name}__{args.data.stem}.json"
