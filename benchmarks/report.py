@@ -15,7 +15,7 @@ import re
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -149,19 +149,30 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
     return lines
 
 
-def analysed_run(path: Path, data: Dict[str, Any], runs: Sequence[Run]) -> Tuple[Optional[Run], bool]:
-    """The run JSON an `experts__<run>__<split>.json` belongs to, and whether the analysis is stale.
-
-    Stale = both files carry a model fingerprint and they differ: `model-best` was retrained
-    (`run.py --force`) after `expert_agreement.py` read it. Older files without one are not checked.
-    """
-    match = re.fullmatch(r"experts__(.+)__([a-z]+)\.json", path.name)
-    run = {r["_file"][: -len(".json")]: r for r in runs}.get(match.group(1)) if match else None
-    ours, theirs = data.get("model_sha256"), (run or {}).get("model_best_sha256")
-    return run, bool(ours and theirs and ours != theirs)
+class Analysis(NamedTuple):
+    """One `experts__<run>__<split>.json`, the run JSON it belongs to, and whether it is stale."""
+    path: Path
+    data: Dict[str, Any]
+    run: Optional[Run]
+    stale: bool
 
 
-def experts_section(results: Path, runs: Sequence[Run] = ()) -> List[str]:
+def load_analyses(results: Path, runs: Sequence[Run]) -> List[Analysis]:
+    """Read the expert-agreement JSONs once and pair each with its run. Stale = both files carry a
+    model fingerprint and they differ: `model-best` was retrained (`run.py --force`) after
+    `expert_agreement.py` read it. Older files without one are not checked."""
+    by_name = {r["_file"][: -len(".json")]: r for r in runs}
+    analyses = []
+    for path in sorted(results.glob("experts__*.json")):
+        data = json.loads(path.read_text(encoding="utf8"))
+        match = re.fullmatch(r"experts__(.+)__([a-z]+)\.json", path.name)
+        run = by_name.get(match.group(1)) if match else None
+        ours, theirs = data.get("model_sha256"), (run or {}).get("model_best_sha256")
+        analyses.append(Analysis(path, data, run, bool(ours and theirs and ours != theirs)))
+    return analyses
+
+
+def experts_section(analyses: Sequence[Analysis]) -> List[str]:
     """Per-expert F1 and agreement of trained pipelines (benchmarks/expert_agreement.py)."""
     lines = ["## Do the experts differ? (`benchmarks/expert_agreement.py`)", "",
              "Each expert decoded alone vs the mixture (entity F1 %), and per pair of experts the share "
@@ -171,8 +182,7 @@ def experts_section(results: Path, runs: Sequence[Run] = ()) -> List[str]:
              "labels, so it only measures how much that protocol inflates a mixture. Last column (with `--train`): one fair E-step on the distant train labels "
              "with the trained experts, documents per expert (entity-free ones).", ""]
     rows = []
-    for path in sorted(results.glob("experts__*.json")):
-        data = json.loads(path.read_text(encoding="utf8"))
+    for path, data, _, is_stale in analyses:
         scores = data["entity_scores"]
         experts = " / ".join(fmt_num(100 * scores[f"expert_{i}"]["f"]) for i in range(data["n_experts"]))
         pairs = ", ".join(f"{k}: {v['argmax_agreement']:.2f} / {v['mean_tv_distance']:.2f}"
@@ -181,8 +191,7 @@ def experts_section(results: Path, runs: Sequence[Run] = ()) -> List[str]:
         loads = (" / ".join(f"{e['docs']} ({e['entity_free']})" for e in view["per_expert"])
                  if view else NOT_RUN)
         oracle = scores.get("leaky_oracle")
-        stale = " (**stale**: model-best retrained since; rerun expert_agreement.py)" if analysed_run(
-            path, data, runs)[1] else ""
+        stale = " (**stale**: model-best retrained since; rerun expert_agreement.py)" if is_stale else ""
         rows.append([f"`{path.name}`{stale}", experts, fmt_num(100 * scores["mixture"]["f"]),
                      fmt_num(100 * oracle["f"]) if oracle else NOT_RUN, pairs, loads])
     header = ["analysis", "experts alone (F1)", "mixture (F1)", "leaky oracle (F1; reads gold, NOT valid)",
@@ -190,7 +199,7 @@ def experts_section(results: Path, runs: Sequence[Run] = ()) -> List[str]:
     return lines + table(header, rows or [[NOT_RUN] * 6]) + [""]
 
 
-def tokenization_section(tokens: Optional[Dict[str, Any]], runs: Sequence[Run], results: Optional[Path]) -> List[str]:
+def tokenization_section(tokens: Optional[Dict[str, Any]], analyses: Sequence[Analysis]) -> List[str]:
     """spaCy's re-tokenisation of the corpora (benchmarks/tokenization.py) and what it does to the scores."""
     lines = ["## Tokenisation: spaCy's tokens vs the datasets' own", "",
              "Training and evaluation read the DocBins with `gold_preproc = false`: each document is "
@@ -206,9 +215,7 @@ def tokenization_section(tokens: Optional[Dict[str, Any]], runs: Sequence[Run], 
     lines += table(["dataset", "split", "docs", "docs re-tokenised", "tokens: dataset → spaCy", "entities",
                     "entities off spaCy token boundaries", "spaCy tokens with a missing label"], rows) + [""]
     rows = []
-    for path in sorted(results.glob("experts__*.json")) if results is not None else []:
-        data = json.loads(path.read_text(encoding="utf8"))
-        run, stale = analysed_run(path, data, runs)
+    for path, data, run, stale in analyses:
         if run is None or stale or not path.name.endswith(f"__{run.get('eval_split')}.json"):
             continue
         mixture = data["entity_scores"]["mixture"]["f"]
@@ -746,8 +753,9 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     if not any_type:
         lines += [NOT_RUN, ""]
 
-    lines += experts_section(out_results, runs) if out_results is not None else []
-    lines += tokenization_section(tokens, runs, out_results)
+    analyses = load_analyses(out_results, runs) if out_results is not None else []
+    lines += experts_section(analyses) if out_results is not None else []
+    lines += tokenization_section(tokens, analyses)
     lines += labels_section(runs, quality, scale, test_quality)
     lines += speed_section(speed, profile)
 
