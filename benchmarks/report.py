@@ -165,7 +165,7 @@ def load_analyses(results: Path, runs: Sequence[Run]) -> List[Analysis]:
     analyses = []
     for path in sorted(results.glob("experts__*.json")):
         data = json.loads(path.read_text(encoding="utf8"))
-        match = re.fullmatch(r"experts__(.+)__([a-z]+)\.json", path.name)
+        match = re.fullmatch(r"experts__(.+)__[a-z]+\.json", path.name)
         run = by_name.get(match.group(1)) if match else None
         ours, theirs = data.get("model_sha256"), (run or {}).get("model_best_sha256")
         analyses.append(Analysis(path, data, run, bool(ours and theirs and ours != theirs)))
