@@ -44,6 +44,10 @@ setup(
         "spacy_architectures": [
             "spacy-bond-moe.MoETagger.v1 = spacy_bond_moe.architectures:build_moe_tagger_v1",
         ],
+        "thinc_layers": [
+            "spacy-bond-moe.empty_safe_pooling.v1 = "
+            "spacy_bond_moe.architectures:build_empty_safe_pooling_v1",
+        ],
         "spacy_callbacks": [
             "spacy-bond-moe.em_schedule.v1 = spacy_bond_moe.callbacks:create_em_schedule",
         ],

@@ -2,12 +2,17 @@
 import copy
 from typing import Callable, List, Optional, Tuple
 
+import numpy
 from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.api import Linear, Model
-from thinc.types import Floats2d, Floats3d
+from thinc.types import Floats2d, Floats3d, Ints1d, Ragged
 
+from .tags import blank_mask
 from .util import set_fresh_ids
+
+# Encoders that read annotations an upstream component set on the very same Doc objects.
+LISTENER_NAMES = ("tok2vec-listener", "transformer-listener")
 
 EXPERT_MODES = ("shared", "separate")
 
@@ -50,6 +55,48 @@ def build_moe_tagger_v1(
     return model
 
 
+def without_blanks(doc: Doc, blank: numpy.ndarray) -> Doc:
+    """`doc` without its blank tokens (`tags.blank_mask`): the tokens of the same text
+    with a single space where blank tokens were (what the encoder sees)."""
+    words: List[str] = []
+    spaces: List[bool] = []
+    gap = False
+    for token, is_blank in zip(doc, blank):
+        if is_blank:
+            gap = True
+            continue
+        if gap and spaces:
+            spaces[-1] = True
+        gap = False
+        words.append(token.text)
+        spaces.append(bool(token.whitespace_))
+    return Doc(doc.vocab, words=words, spaces=spaces)
+
+
+def encoder_inputs(docs: List[Doc], compact: bool) -> Tuple[List[Doc], List[Optional[Ints1d]]]:
+    """The docs the encoder sees and, per doc with blank tokens, the indices of its
+    other tokens (None: no blank token, the doc is encoded as it is).
+
+    compact (bool): Encode docs with blank tokens without them (False for listener
+        encoders, which must see the upstream component's own Doc objects).
+    """
+    inputs: List[Doc] = []
+    kept: List[Optional[Ints1d]] = []
+    for doc in docs:
+        blank = blank_mask(doc)
+        if not blank.any():
+            inputs.append(doc)
+            kept.append(None)
+            continue
+        kept.append(numpy.flatnonzero(~blank))
+        inputs.append(without_blanks(doc, blank) if compact else doc)
+    return inputs, kept
+
+
+def _is_listener(tok2vec: Model) -> bool:
+    return any(node.name in LISTENER_NAMES for node in tok2vec.walk())
+
+
 def _branches(model: Model) -> List[Tuple[Model, Model]]:
     layers = model.layers
     return [(layers[i], layers[i + 1]) for i in range(0, len(layers), 2)]
@@ -57,6 +104,8 @@ def _branches(model: Model) -> List[Tuple[Model, Model]]:
 
 def moe_tagger_init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
     n_tags = model.get_dim("nO") if model.has_dim("nO") else None
+    if X is not None:
+        X = encoder_inputs(X, compact=not _is_listener(model.layers[0]))[0]
     for tok2vec, heads in _branches(model):
         if n_tags is not None:
             heads.set_dim("nO", n_tags)
@@ -72,7 +121,39 @@ def moe_tagger_init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None
 def moe_tagger_forward(
     model: Model, docs: List[Doc], is_train: bool
 ) -> Tuple[List[Floats3d], Callable]:
-    lengths = model.ops.asarray1i([len(doc) for doc in docs])
+    """Blank tokens (whitespace, U+200B, ...) are not encoded (or, with a listener
+    encoder, their encoding is ignored): their output is a fixed one-hot "O" for every expert, with no gradient."""
+    n_experts = model.attrs["n_experts"]
+    compact = not _is_listener(model.layers[0])
+    inputs, kept = encoder_inputs(docs, compact)
+    lengths = model.ops.asarray1i([len(doc) for doc in inputs])
+    if not compact or int(lengths.sum()) > 0:
+        probs, bp_encoded = _encode(model, inputs, lengths, is_train)
+    else:  # nothing but blank tokens: the encoder has no input
+        probs = model.ops.alloc3f(0, n_experts, model.get_dim("nO"))
+        bp_encoded = None
+    encoded = model.ops.unflatten(probs, lengths)
+    outputs = [
+        p if keep is None else _expand(model, p, keep, len(doc), compact)
+        for doc, p, keep in zip(docs, encoded, kept)
+    ]
+
+    def backprop(d_outputs: List[Floats3d]) -> List[Doc]:
+        if bp_encoded is not None:
+            d_encoded = [
+                d if keep is None else _gather(model, d, keep, compact)
+                for d, keep in zip(d_outputs, kept)
+            ]
+            bp_encoded(model.ops.flatten(d_encoded))
+        return docs
+
+    return outputs, backprop
+
+
+def _encode(
+    model: Model, docs: List[Doc], lengths: Ints1d, is_train: bool
+) -> Tuple[Floats3d, Callable[[Floats3d], None]]:
+    """(n_tokens, K, C) probabilities of every branch over the docs' tokens, flattened."""
     outputs = []
     callbacks = []
     for tok2vec, heads in _branches(model):
@@ -82,8 +163,7 @@ def moe_tagger_forward(
         callbacks.append((bp_tok2vec, bp_heads, heads.attrs["n_experts"]))
     probs = outputs[0] if len(outputs) == 1 else model.ops.xp.concatenate(outputs, axis=1)
 
-    def backprop(d_probs: List[Floats3d]) -> List[Doc]:
-        d_flat = model.ops.flatten(d_probs)
+    def backprop(d_flat: Floats3d) -> None:
         start = 0
         for bp_tok2vec, bp_heads, n_experts in callbacks:
             d_branch = d_flat[:, start : start + n_experts]
@@ -92,9 +172,25 @@ def moe_tagger_forward(
                 continue
             d_vectors = bp_heads(model.ops.xp.ascontiguousarray(d_branch))
             bp_tok2vec(model.ops.unflatten(d_vectors, lengths))
-        return docs
 
-    return model.ops.unflatten(probs, lengths), backprop
+    return probs, backprop
+
+
+def _expand(model: Model, probs: Floats3d, keep: Ints1d, n_tokens: int, compact: bool) -> Floats3d:
+    """A doc's output with one-hot "O" at its blank tokens."""
+    full = model.ops.alloc3f(n_tokens, probs.shape[1], probs.shape[2])
+    full[:, :, 0] = 1.0
+    full[keep] = probs if compact else probs[keep]
+    return full
+
+
+def _gather(model: Model, d_full: Floats3d, keep: Ints1d, compact: bool) -> Floats3d:
+    """The gradient of the encoded tokens (none flows to blank tokens)."""
+    if compact:
+        return model.ops.xp.ascontiguousarray(d_full[keep])
+    d_encoded = model.ops.alloc3f(*d_full.shape)
+    d_encoded[keep] = d_full[keep]
+    return d_encoded
 
 
 def build_expert_heads(n_experts: int, nO: Optional[int] = None) -> Model[Floats2d, Floats3d]:
@@ -133,3 +229,32 @@ def expert_heads_forward(
         return bp_linear(d_logits.reshape((d_logits.shape[0], n_experts * n_tags)))
 
     return probs, backprop
+
+
+@registry.layers("spacy-bond-moe.empty_safe_pooling.v1")
+def build_empty_safe_pooling_v1(pooling: Model[Ragged, Floats2d]) -> Model[Ragged, Floats2d]:
+    """`pooling` (e.g. `reduce_first.v1`) over the word-pieces of each token, and a zero
+    vector for a token without word-pieces (characters the word-piece tokenizer drops,
+    such as U+200B), where thinc's `reduce_first/last/max` raise."""
+    return Model("empty_safe_pooling", empty_safe_pooling_forward, layers=[pooling])
+
+
+def empty_safe_pooling_forward(
+    model: Model, X: Ragged, is_train: bool
+) -> Tuple[Floats2d, Callable]:
+    pooling = model.layers[0]
+    nonempty = X.lengths > 0
+    if bool(nonempty.all()):
+        return pooling(X, is_train)
+    Y = model.ops.alloc2f(X.lengths.shape[0], X.dataXd.shape[1])
+    bp_inner = None
+    if bool(nonempty.any()):
+        pooled, bp_inner = pooling(Ragged(X.dataXd, X.lengths[nonempty]), is_train)
+        Y[nonempty] = pooled
+
+    def backprop(dY: Floats2d) -> Ragged:
+        if bp_inner is None:
+            return Ragged(model.ops.alloc2f(*X.dataXd.shape), X.lengths)
+        return Ragged(bp_inner(model.ops.xp.ascontiguousarray(dY[nonempty])).dataXd, X.lengths)
+
+    return Y, backprop

@@ -14,7 +14,15 @@ from thinc.types import Floats2d, Floats3d
 
 from . import em, teacher as teacher_lib
 from .losses import expert_loss, weighted_expert_loss
-from .tags import MISSING, example_tag_ids, make_tags, tags_to_spans, transition_mask, viterbi_decode
+from .tags import (
+    MISSING,
+    example_tag_ids,
+    make_tags,
+    blank_mask,
+    tags_to_spans,
+    transition_mask,
+    viterbi_decode,
+)
 
 EXPERT_EXTENSION = "bond_moe_expert"
 COMBINE_MODES = ("mean", "weighted")
@@ -316,7 +324,8 @@ class BondMoENER(TrainablePipe):
         start, trans = transition_mask(tags)
         key = self.cfg["spans_key"]
         for doc, probs in zip(docs, scores):
-            if len(doc) == 0:
+            if blank_mask(doc).all():  # empty, or nothing but whitespace
+                doc.set_ents([], default="outside")
                 doc.spans[key] = SpanGroup(doc, name=key, attrs={"scores": []}, spans=[])
                 doc._.set(EXPERT_EXTENSION, None)
                 continue
@@ -452,8 +461,8 @@ class BondMoENER(TrainablePipe):
                 missing.append(i)
         if missing:
             docs = [examples[i].predicted for i in missing]
-            for i, probs in zip(missing, self._teacher_mixtures(docs)):
-                output[i] = self._pseudo_labels(probs)
+            for i, doc, probs in zip(missing, docs, self._teacher_mixtures(docs)):
+                output[i] = self._pseudo_labels(probs, blank_mask(doc))
         return output  # type: ignore[return-value]
 
     def _teacher_mixtures(self, docs: List[Doc]) -> List[numpy.ndarray]:
@@ -462,13 +471,16 @@ class BondMoENER(TrainablePipe):
             return [numpy.zeros((0, len(self.tags)), dtype="float32") for _ in docs]
         return [self.combine(p) for p in self._teacher.predict(docs)]
 
-    def _pseudo_labels(self, mixture: numpy.ndarray) -> Targets:
+    def _pseudo_labels(self, mixture: numpy.ndarray, blank: numpy.ndarray) -> Targets:
+        """Teacher targets and keep mask; blank tokens are never kept."""
         if self.cfg["self_training"] == "hard":
-            return teacher_lib.hard_labels(mixture)
-        assert self._teacher_freq is not None
-        return teacher_lib.soft_labels(
-            mixture, self._teacher_freq, self.cfg["sharpen_power"], self.cfg["soft_threshold"]
-        )
+            q, keep = teacher_lib.hard_labels(mixture)
+        else:
+            assert self._teacher_freq is not None
+            q, keep = teacher_lib.soft_labels(
+                mixture, self._teacher_freq, self.cfg["sharpen_power"], self.cfg["soft_threshold"]
+            )
+        return q, keep & ~blank
 
     # ------------------------------------------------------------ EM + teacher
     def _corpus_batches(
@@ -598,16 +610,20 @@ class BondMoENER(TrainablePipe):
             teacher_lib.refresh(self._teacher, self.model)
         keys: List[str] = []
         mixtures: List[numpy.ndarray] = []
+        blanks: List[numpy.ndarray] = []
         for batch_keys, batch in self._corpus_batches(examples, nlp, batch_size):
             keys.extend(batch_keys)
-            mixtures.extend(self._teacher_mixtures([eg.predicted for eg in batch]))
+            docs = [eg.predicted for eg in batch]
+            mixtures.extend(self._teacher_mixtures(docs))
+            blanks.extend(blank_mask(doc) for doc in docs)
         n_tags = len(self.tags)
-        all_tokens = numpy.concatenate(mixtures) if mixtures else numpy.zeros((0, n_tags))
+        tokens = [m[~blank] for m, blank in zip(mixtures, blanks)]  # blank tokens: not counted
+        all_tokens = numpy.concatenate(tokens) if tokens else numpy.zeros((0, n_tags))
         self._teacher_freq = teacher_lib.class_frequencies(all_tokens)
         self._teacher_targets = {}
         n_kept = 0
-        for key, mixture in zip(keys, mixtures):
-            q, keep = self._pseudo_labels(mixture)
+        for key, mixture, blank in zip(keys, mixtures, blanks):
+            q, keep = self._pseudo_labels(mixture, blank)
             self._teacher_targets[key] = (q.astype("float16"), keep)
             n_kept += int(keep.sum())
         self._teacher_step = step

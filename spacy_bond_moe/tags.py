@@ -1,7 +1,9 @@
 """BIO tag sets, per-token training targets and constrained (valid-BIO) decoding."""
+import unicodedata
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy
+from spacy.attrs import IS_SPACE
 from spacy.tokens import Doc, Span
 from spacy.training import Example
 
@@ -21,16 +23,31 @@ def make_tags(labels: Iterable[str]) -> List[str]:
     return tags
 
 
+def blank_mask(doc: Doc) -> numpy.ndarray:
+    """(n_tokens,) bool: which tokens have no visible character: spaCy's whitespace
+    tokens (line breaks, runs of spaces, tabs) and tokens of control or format characters
+    only (such as U+200B). They are never encoded, supervised or part of an entity."""
+    if len(doc) == 0:
+        return numpy.zeros((0,), dtype=bool)
+    mask = doc.to_array(IS_SPACE).astype(bool)
+    if not doc.text.isprintable():  # else no token can be invisible
+        for i, token in enumerate(doc):
+            if not mask[i] and not token.text.isprintable():
+                mask[i] = all(c.isspace() or unicodedata.category(c)[0] == "C" for c in token.text)
+    return mask
+
+
 def example_tag_ids(example: Example, tag_ids: dict) -> numpy.ndarray:
     """Gold BIO class ids on the predicted tokenisation; MISSING where unknown.
 
-    Unknown means: the reference marks the token as missing, alignment failed, or the
-    entity type is not one of the component's labels.
+    Unknown means: the reference marks the token as missing, alignment failed, the
+    entity type is not one of the component's labels, or the token is blank (`blank_mask`).
     """
     biluo = example.get_aligned_ner()
     ids = numpy.full((len(biluo),), MISSING, dtype="int64")
+    blank = blank_mask(example.predicted)
     for i, tag in enumerate(biluo):
-        if tag is None or tag == "-":
+        if tag is None or tag == "-" or blank[i]:
             continue
         if tag == "O":
             ids[i] = 0

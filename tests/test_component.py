@@ -278,3 +278,130 @@ def test_combine_mean_and_weighted(nlp):
     assert ner.combine(probs)[0].tolist() == pytest.approx([0.65, 0.35])
     ner.cfg["combine"] = "mean"
     assert ner.combine(probs)[0].tolist() == pytest.approx([0.5, 0.5])
+
+
+# --------------------------------------------------------- whitespace and blank tokens
+# (text with blank tokens, the same text without them); the non-blank tokens are the same.
+BLANK_PAIRS = [
+    ("Mary met John in Rome .\nParis is big .", "Mary met John in Rome . Paris is big ."),
+    ("Mary met John\n\n\nin Rome .", "Mary met John in Rome ."),
+    ("Bob Smith\tworks at Acme .", "Bob Smith works at Acme ."),
+    ("Bob Smith works  at   Acme .", "Bob Smith works at Acme ."),
+    ("\n\n  I like London and Berlin .", "I like London and Berlin ."),
+    ("I like London and Berlin .  \n", "I like London and Berlin ."),
+    ("Paris is big . \u200b Mary met John in Rome .", "Paris is big . Mary met John in Rome ."),
+]
+BLANK_ONLY = ["\n", " \n\t  ", "\u200b"]
+
+
+@pytest.fixture(scope="module", params=["cnn", "tiny_bert"])
+def trained_blank_nlp(request, tiny_bert):
+    """A trained 2-expert pipeline per encoder; training docs hold whitespace tokens."""
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    tok2vec = CNN if request.param == "cnn" else trf_tok2vec_config(str(tiny_bert))
+    ner = add_ner(nlp, 2, tok2vec=tok2vec)
+    spaced = [("\t" + text + "\n\n", [(s + 1, e + 1, label) for s, e, label in gold])
+              for text, gold in TRAIN_DATA]
+    examples = make_examples(nlp, copies=2) + make_examples(nlp, spaced, copies=2, prefix="ws")
+    optimizer = nlp.initialize(lambda: examples)
+    if request.param == "tiny_bert":
+        optimizer.learn_rate = 0.01
+    ner._assignments = {doc_key(eg.reference): int(doc_key(eg.reference).split(":")[1])
+                        for eg in examples}
+    for _ in range(60 if request.param == "cnn" else 40):
+        nlp.update(examples, sgd=optimizer)
+    return nlp
+
+
+def _non_blank(doc):
+    return [i for i, token in enumerate(doc) if token.text.strip() and token.text != "\u200b"]
+
+
+def test_blank_tokens_predict_like_the_text_without_them(trained_blank_nlp):
+    nlp = trained_blank_nlp
+    ner = nlp.get_pipe("bond_moe_ner")
+    for spaced, plain in BLANK_PAIRS:
+        doc, ref = nlp.make_doc(spaced), nlp.make_doc(plain)
+        keep = _non_blank(doc)
+        assert [doc[i].text for i in keep] == [t.text for t in ref]
+        p_doc, p_ref = ner.predict([doc])[0], ner.predict([ref])[0]
+        assert numpy.allclose(p_doc[keep], p_ref, atol=1e-5), spaced
+        blank = [i for i in range(len(doc)) if i not in keep]
+        assert blank and (p_doc[blank, :, 0] == 1.0).all()  # one-hot "O" for every expert
+        doc, ref = nlp(spaced), nlp(plain)
+        assert [(e.text, e.label_) for e in doc.ents] == [(e.text, e.label_) for e in ref.ents]
+        assert all(doc[i].ent_iob_ == "O" for i in blank)
+        assert doc._.bond_moe_expert == ref._.bond_moe_expert
+        scores, ref_scores = doc.spans["bond_moe"].attrs["scores"], ref.spans["bond_moe"].attrs["scores"]
+        assert scores == pytest.approx(ref_scores, abs=1e-5)
+
+
+def test_blank_only_docs_and_mixed_batches(trained_blank_nlp):
+    nlp = trained_blank_nlp
+    for text in BLANK_ONLY:
+        doc = nlp(text)
+        assert len(doc) >= 1 and list(doc.ents) == [] and doc._.bond_moe_expert is None
+        assert list(doc.spans["bond_moe"]) == [] and all(t.ent_iob_ == "O" for t in doc)
+    assert all(list(d.ents) == [] for d in nlp.pipe(BLANK_ONLY, batch_size=8))  # encoder skipped
+    texts = [t for pair in BLANK_PAIRS for t in pair] + BLANK_ONLY + [""]
+    batched = [(ents(d), d._.bond_moe_expert) for d in nlp.pipe(texts, batch_size=len(texts))]
+    assert batched == [(ents(nlp(t)), nlp(t)._.bond_moe_expert) for t in texts]
+    assert sum(len(e) for e, _ in batched) > 0
+
+
+def test_blank_tokens_in_training_estep_and_teacher(trained_blank_nlp):
+    """Blank tokens are never supervised, get no gradient, and never count in the passes."""
+    nlp = trained_blank_nlp
+    ner = nlp.get_pipe("bond_moe_ner")
+    spaced = "Paris is\n\nbig .\t"
+    ref = nlp.make_doc(spaced)
+    ref.set_ents([ref.char_span(0, 5, label="LOC")], default="outside")
+    ref.user_data["doc_id"] = "blank:0"
+    eg = Example(nlp.make_doc(spaced), ref)
+    (q, mask), = ner.targets([eg])
+    assert [t.text for t in eg.predicted] == ["Paris", "is", "\n\n", "big", ".", "\t"]
+    assert mask.tolist() == [True, True, False, True, True, False]
+    scores, backprop = ner.model.begin_update([eg.predicted])
+    _, grads = ner.get_loss([eg], scores)
+    assert numpy.abs(grads[0][[2, 5]]).sum() == 0 and numpy.abs(grads[0][[0, 1, 3, 4]]).sum() > 0
+    backprop(grads)  # no error from the encoder's backward pass
+    corpus = [eg] + [Example(nlp.make_doc(t), nlp.make_doc(t)) for t in BLANK_ONLY] + \
+        make_examples(nlp, prefix="plain")
+    event = ner.reassign_experts(corpus, nlp=nlp, step=1)
+    assert event["n_docs"] == len(corpus) and sum(event["loads"]) == len(corpus)
+    try:
+        event = ner.snapshot_teacher(corpus, nlp=nlp, step=1)
+        n_visible = sum(len(_non_blank(e.predicted)) for e in corpus)
+        assert event["n_tokens"] == n_visible
+        (q, mask), = ner.targets([eg])
+        assert not mask[[2, 5]].any()
+        teacher_loss, _ = ner.get_loss([eg], scores)
+        assert numpy.isfinite(teacher_loss)
+    finally:
+        ner._teacher = None  # the module's pipeline is shared by the other tests
+        ner._teacher_targets = {}
+
+
+def test_empty_safe_pooling_gives_tokens_without_pieces_a_zero_vector(nlp, tiny_bert):
+    """A token the word-piece tokenizer drops entirely (here U+0301 alone, stripped as an
+    accent by the uncased tokenizer) crashes `reduce_first.v1`; the wrapper pools it to 0."""
+    from thinc.api import Ragged
+
+    pooling = spacy.registry.layers.get("spacy-bond-moe.empty_safe_pooling.v1")(
+        spacy.registry.layers.get("reduce_first.v1")())
+    X = Ragged(numpy.arange(10, dtype="f").reshape((5, 2)), numpy.asarray([2, 0, 3, 0], dtype="i"))
+    Y, backprop = pooling(X, is_train=True)
+    assert Y.tolist() == [[0, 1], [0, 0], [4, 5], [0, 0]]
+    dX = backprop(numpy.ones((4, 2), dtype="f"))
+    assert dX.dataXd.tolist() == [[1, 1], [0, 0], [1, 1], [0, 0], [0, 0]]
+    assert dX.lengths.tolist() == [2, 0, 3, 0]
+    Y, _ = pooling(Ragged(numpy.zeros((0, 2), dtype="f"), numpy.asarray([0, 0], dtype="i")), False)
+    assert Y.shape == (2, 2) and not Y.any()
+    tok2vec = trf_tok2vec_config(str(tiny_bert))
+    tok2vec["pooling"] = {"@layers": "spacy-bond-moe.empty_safe_pooling.v1",
+                          "pooling": {"@layers": "reduce_first.v1"}}
+    add_ner(nlp, 2, tok2vec=tok2vec)
+    nlp.initialize(lambda: make_examples(nlp))
+    doc = nlp("Paris \u0301 is big .")
+    assert [t.text for t in doc] == ["Paris", "\u0301", "is", "big", "."]
