@@ -383,25 +383,59 @@ def test_blank_tokens_in_training_estep_and_teacher(trained_blank_nlp):
         ner._teacher_targets = {}
 
 
-def test_empty_safe_pooling_gives_tokens_without_pieces_a_zero_vector(nlp, tiny_bert):
+@pytest.mark.parametrize("inner", ["reduce_first.v1", "reduce_last.v1", "reduce_max.v1",
+                                   "reduce_mean.v1"])
+def test_empty_safe_pooling_gives_tokens_without_pieces_a_zero_vector(nlp, tiny_bert, inner):
     """A token the word-piece tokenizer drops entirely (here U+0301 alone, stripped as an
     accent by the uncased tokenizer) crashes `reduce_first.v1`; the wrapper pools it to 0."""
     from thinc.api import Ragged
 
-    pooling = spacy.registry.layers.get("spacy-bond-moe.empty_safe_pooling.v1")(
-        spacy.registry.layers.get("reduce_first.v1")())
-    X = Ragged(numpy.arange(10, dtype="f").reshape((5, 2)), numpy.asarray([2, 0, 3, 0], dtype="i"))
+    layers = spacy.registry.layers
+    pooling = layers.get("spacy-bond-moe.empty_safe_pooling.v1")(layers.get(inner)())
+    data = numpy.arange(10, dtype="f").reshape((5, 2))
+    X = Ragged(data, numpy.asarray([2, 0, 3, 0], dtype="i"))
     Y, backprop = pooling(X, is_train=True)
-    assert Y.tolist() == [[0, 1], [0, 0], [4, 5], [0, 0]]
+    expected, _ = layers.get(inner)()(Ragged(data, numpy.asarray([2, 3], dtype="i")), False)
+    assert Y[[0, 2]].tolist() == expected.tolist() and not Y[[1, 3]].any()
     dX = backprop(numpy.ones((4, 2), dtype="f"))
-    assert dX.dataXd.tolist() == [[1, 1], [0, 0], [1, 1], [0, 0], [0, 0]]
-    assert dX.lengths.tolist() == [2, 0, 3, 0]
+    assert dX.dataXd.shape == (5, 2) and dX.lengths.tolist() == [2, 0, 3, 0]
+    assert dX.dataXd.sum() == pytest.approx(4.0)  # each non-empty token's gradient, once
     Y, _ = pooling(Ragged(numpy.zeros((0, 2), dtype="f"), numpy.asarray([0, 0], dtype="i")), False)
     assert Y.shape == (2, 2) and not Y.any()
+    X_full = Ragged(data, numpy.asarray([2, 3], dtype="i"))
+    assert pooling(X_full, False)[0].tolist() == expected.tolist()  # no empty row: unchanged
     tok2vec = trf_tok2vec_config(str(tiny_bert))
     tok2vec["pooling"] = {"@layers": "spacy-bond-moe.empty_safe_pooling.v1",
-                          "pooling": {"@layers": "reduce_first.v1"}}
+                          "pooling": {"@layers": inner}}
     add_ner(nlp, 2, tok2vec=tok2vec)
     nlp.initialize(lambda: make_examples(nlp))
     doc = nlp("Paris \u0301 is big .")
     assert [t.text for t in doc] == ["Paris", "\u0301", "is", "big", "."]
+
+
+def test_spacy_apply_multiline_text_and_jsonl(trained_blank_nlp, tmp_path):
+    """`spacy apply` over a multi-line text file and a JSONL of multi-paragraph texts."""
+    import json
+    import subprocess
+    import sys
+
+    from spacy.tokens import DocBin
+
+    nlp = trained_blank_nlp
+    nlp.to_disk(tmp_path / "model")
+    texts = [a + "\n\n" + b for a, b in BLANK_PAIRS[:4]] + ["\t" + BLANK_PAIRS[4][1] + "  \n"]
+    (tmp_path / "notes.txt").write_text("\n\n".join(texts), encoding="utf8")
+    (tmp_path / "articles.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts),
+                                             encoding="utf8")
+    found = []
+    for src, extra in (("notes.txt", []), ("articles.jsonl", ["--text-key", "text"])):
+        out = tmp_path / (src + ".spacy")
+        proc = subprocess.run([sys.executable, "-m", "spacy", "apply", str(tmp_path / "model"),
+                               str(tmp_path / src), str(out), *extra],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        docs = list(DocBin().from_disk(out).get_docs(nlp.vocab))
+        assert len(docs) == (1 if src == "notes.txt" else len(texts))
+        assert all(not t.is_space for d in docs for e in d.ents for t in e)
+        found.append([ents(d) for d in docs])
+    assert found[1] == [ents(nlp(t)) for t in texts] and any(found[1])
