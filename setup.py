@@ -50,15 +50,21 @@ setup(
         ],
         "spacy_callbacks": [
             "spacy-bond-moe.em_schedule.v1 = spacy_bond_moe.callbacks:create_em_schedule",
+            "spacy-bond-moe.em_schedule.v2 = spacy_bond_moe.callbacks:create_em_schedule_v2",
         ],
         "spacy_loggers": [
             "spacy-bond-moe.ConsoleLogger.v1 = spacy_bond_moe.loggers:bond_moe_console_logger_v1",
         ],
-        "spacy_scorers": [
-            "spacy-bond-moe.ner_scorer.v1 = spacy_bond_moe.scorers:make_ner_scorer",
-        ],
         "spacy_misc": [
             "spacy-bond-moe.transformer_name.v1 = spacy_bond_moe.util:transformer_name_v1",
+            "spacy-bond-moe.sinkhorn_assigner.v1 = spacy_bond_moe.em:build_sinkhorn_assigner_v1",
+            "spacy-bond-moe.argmax_assigner.v1 = spacy_bond_moe.em:build_argmax_assigner_v1",
+            "spacy-bond-moe.soft_pseudo_labels.v1 = "
+            "spacy_bond_moe.teacher:build_soft_pseudo_labels_v1",
+            "spacy-bond-moe.hard_pseudo_labels.v1 = "
+            "spacy_bond_moe.teacher:build_hard_pseudo_labels_v1",
+            "spacy-bond-moe.cross_entropy.v1 = spacy_bond_moe.losses:build_cross_entropy_v1",
+            "spacy-bond-moe.gce.v1 = spacy_bond_moe.losses:build_gce_v1",
         ],
     },
     classifiers=[

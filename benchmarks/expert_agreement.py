@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from spacy_bond_moe import em  # noqa: E402
+from spacy_bond_moe.losses import EPS  # noqa: E402
 from spacy_bond_moe.tags import (  # noqa: E402
     MISSING, example_tag_ids, tags_to_spans, transition_mask, viterbi_decode,
 )
@@ -53,7 +54,7 @@ def gold_fit_expert(probs: numpy.ndarray, example: Example, tags: Sequence[str])
     if not keep.any():
         return 0
     fit = probs[keep][numpy.arange(int(keep.sum())), :, ids[keep]]  # (tokens, K)
-    return int(numpy.log(fit + 1e-12).mean(axis=0).argmax())
+    return int(numpy.log(fit + EPS).mean(axis=0).argmax())
 
 
 def estep_view(nlp: Any, pipe: Any, train: Path) -> Dict[str, Any]:
@@ -61,8 +62,8 @@ def estep_view(nlp: Any, pipe: Any, train: Path) -> Dict[str, Any]:
     refs = list(DocBin().from_disk(train).get_docs(nlp.vocab))
     examples = [Example(Doc(nlp.vocab, words=[t.text for t in d], spaces=[bool(t.whitespace_) for t in d]), d)
                 for d in refs]
-    keys, costs, has_entity = pipe._score_corpus(examples, nlp, 64)
-    experts, _ = em.assign(costs, fair=True)
+    keys, costs, has_entity = pipe.expert_costs(examples, nlp=nlp, batch_size=64)
+    experts = em.build_sinkhorn_assigner_v1()(costs).experts
     per_expert = []
     for k in range(pipe.n_experts):
         mine = experts == k
@@ -100,7 +101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def decode(dist: numpy.ndarray, doc: Any) -> Set[Tuple[int, int, str]]:
         if len(doc) == 0:
             return set()
-        path = viterbi_decode(numpy.log(dist + 1e-12), start, trans)
+        path = viterbi_decode(numpy.log(dist + EPS), start, trans)
         return {(s.start, s.end, s.label_) for s in tags_to_spans(doc, path, tags)}
 
     scores = {f"expert_{i}": prf([decode(p[:, i], d) for p, d in zip(probs, docs)], gold) for i in range(k)}

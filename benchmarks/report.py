@@ -124,6 +124,9 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
               "on the dev split (and in-process `nlp.pipe`).", ""]
     rows = []
     for name, v in speed["variants"].items():
+        if "error" in v:  # a variant whose child process failed (speed.py records why)
+            rows.append([f"`{name}`", f"FAILED: {v['error']}"] + ["-"] * 10)
+            continue
         bench = v.get("spacy_benchmark") or {}
         rows.append([f"`{name}`", fmt_num(v["train"]["words_per_s"], 0), fmt_num(v["train"]["s_per_step"], 3),
                      fmt_num(v["train"]["step_s"]["std"], 3),
@@ -135,7 +138,8 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
     lines += table(["variant", "train words/s", "s/step", "std s/step", "E-step s", "E-step share",
                     "teacher snapshot s", "refresh s", "infer words/s (spacy benchmark)",
                     "nlp.pipe words/s", "peak RSS MB", "params M"], rows) + [""]
-    rows = [[f"`{name}`", t["target"], fmt_num(t["value"], 3), "met" if t["met"] else "**not met**"]
+    verdicts = {True: "met", False: "**not met**", None: "not measured"}
+    rows = [[f"`{name}`", t["target"], fmt_num(t["value"], 3), verdicts[t["met"]]]
             for name, t in speed["targets"].items()]
     lines += table(["ratio / share", "target", "measured", ""], rows) + [""]
     if profile is not None:

@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH_SENTENCES = 16  # [training.batcher] size of every config: 16 sentences per step
 COMPONENT = "bond_moe_ner"
 TRAIN_LOG = "train_log.jsonl"
-EVENTS_LOG = "bond_moe_events.jsonl"  # written by spacy-bond-moe.ConsoleLogger.v1 (parses -o)
+EVENTS_LOG = "bond_moe_events.jsonl"  # spacy-bond-moe.ConsoleLogger.v1's events_path
+ARGMAX_ASSIGNER = {"@misc": "spacy-bond-moe.argmax_assigner.v1"}  # w/o fair assignment
+HARD_PSEUDO_LABELS = {"@misc": "spacy-bond-moe.hard_pseudo_labels.v1"}  # BOND's Twitter row
 STDOUT_LOG = "train.log"
 SCHEMA_VERSION = 1
 
@@ -125,7 +127,7 @@ SYSTEMS: Dict[str, System] = {
         System("bond_moe_scope", "configs/minilm.cfg",
                "investigation: BOND-MoE whose E-step scores only documents with an entity in their "
                "targets (entity-free ones dealt evenly)", n_experts=3,
-               extra=((f"--components.{COMPONENT}.estep_scope", "entities"),)),
+               extra=((f"--components.{COMPONENT}.assigner.scope", "entities"),)),
         System("bond_moe_warmup", "configs/minilm.cfg",
                "investigation: BOND-MoE whose stage I is shared (every expert trains on every "
                "document, no E-step) until the first teacher; routing by E-step in stage II",
@@ -136,7 +138,7 @@ SYSTEMS: Dict[str, System] = {
         System("bond_moe_soft", "configs/minilm.cfg",
                "investigation: BOND-MoE with a soft M-step (each document's loss spread over the "
                "experts by its Sinkhorn-plan responsibilities)", n_experts=3,
-               extra=((f"--components.{COMPONENT}.m_step", "soft"),)),
+               extra=((f"--components.{COMPONENT}.assigner.m_step", "soft"),)),
     )
 }
 ALIASES: Dict[str, str] = {"wo_moe": "bond"}
@@ -220,16 +222,20 @@ def build_overrides(spec: RunSpec) -> Dict[str, str]:
     }
     if system.n_experts is not None:
         overrides.update({
+            "--training.logger.events_path": rel(spec.run_dir / EVENTS_LOG),
             f"--components.{COMPONENT}.model.n_experts": str(system.n_experts),
-            f"--components.{COMPONENT}.fair": "true" if system.fair else "false",
-            f"--components.{COMPONENT}.self_training": schedule.self_training,
             "--training.before_update.estep_every": str(schedule.estep_every),
             "--training.before_update.teacher_start":
                 str(schedule.teacher_start if system.self_training else 0),
             "--training.before_update.teacher_refresh": str(schedule.teacher_refresh),
         })
+        # The configs' defaults are the fair (Sinkhorn) E-step and soft pseudo-labels.
+        if not system.fair:
+            overrides[f"--components.{COMPONENT}.assigner"] = json.dumps(ARGMAX_ASSIGNER)
+        if schedule.self_training == "hard":
+            overrides[f"--components.{COMPONENT}.pseudo_labeller"] = json.dumps(HARD_PSEUDO_LABELS)
         if system.shared_stage_one:
-            overrides[f"--components.{COMPONENT}.shared_warmup"] = str(schedule.teacher_start)
+            overrides["--training.before_update.shared_steps"] = str(schedule.teacher_start)
     overrides.update(dict(system.extra))
     return overrides
 
@@ -332,12 +338,14 @@ def git_info() -> Dict[str, Any]:
     """HEAD commit and whether tracked files differ from it (benchmark outputs excluded)."""
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else ""
+        return out.stdout if out.returncode == 0 else ""
 
     excluded = [":!benchmarks/results", ":!benchmarks/RESULTS.md", ":!benchmarks/plots"]
+    # porcelain lines are "XY PATH": the status columns may be spaces, so never strip them
     status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
     files = [line[3:] for line in status.splitlines() if line.strip()]
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(files), "dirty_files": files}
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "dirty": bool(files),
+            "dirty_files": files}
 
 
 def machine_info() -> Dict[str, Any]:

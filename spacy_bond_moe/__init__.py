@@ -1,10 +1,12 @@
 """spacy-bond-moe: distantly supervised NER for spaCy with BOND-MoE."""
 from .about import __version__
 from .architectures import build_empty_safe_pooling_v1, build_expert_heads, build_moe_tagger_v1
-from .callbacks import create_em_schedule
+from .callbacks import create_em_schedule, create_em_schedule_v2
 from .component import BondMoENER, install_extensions, make_bond_moe_ner
+from .em import Assigner, Router, build_argmax_assigner_v1, build_sinkhorn_assigner_v1
 from .loggers import bond_moe_console_logger_v1
-from .scorers import make_ner_scorer
+from .losses import DistantLoss, build_cross_entropy_v1, build_gce_v1
+from .teacher import Teacher, build_hard_pseudo_labels_v1, build_soft_pseudo_labels_v1
 from .util import transformer_name_v1
 
 __all__ = [
@@ -16,7 +18,17 @@ __all__ = [
     "build_expert_heads",
     "build_empty_safe_pooling_v1",
     "create_em_schedule",
+    "create_em_schedule_v2",
+    "Assigner",
+    "Router",
+    "build_sinkhorn_assigner_v1",
+    "build_argmax_assigner_v1",
+    "Teacher",
+    "build_soft_pseudo_labels_v1",
+    "build_hard_pseudo_labels_v1",
+    "DistantLoss",
+    "build_cross_entropy_v1",
+    "build_gce_v1",
     "bond_moe_console_logger_v1",
-    "make_ner_scorer",
     "transformer_name_v1",
 ]

@@ -1,9 +1,56 @@
-"""The training schedule: corpus E-steps and teacher snapshots between updates."""
+"""The training schedule: the one clock (optimizer steps) for shared stage I, corpus
+E-steps and teacher snapshots, run between updates."""
 from typing import Any, Callable, Dict, Iterable
 
 from spacy.language import Language
 from spacy.training import Example
 from spacy.util import registry
+
+
+@registry.callbacks("spacy-bond-moe.em_schedule.v2")
+def create_em_schedule_v2(
+    component: str,
+    corpus: Callable[[Language], Iterable[Example]],
+    estep_every: int,
+    teacher_start: int,
+    teacher_refresh: int,
+    shared_steps: int = 0,
+    batch_size: int = 64,
+) -> Callable[[Language, Dict[str, Any]], None]:
+    """A `[training.before_update]` callback running BOND-MoE's schedule; every number
+    counts optimizer steps (spaCy's `step`, whatever `accumulate_gradient` is).
+
+    component (str): Name of the `bond_moe_ner` pipe.
+    corpus (Callable[[Language], Iterable[Example]]): The training corpus, re-read at
+        each E-step / teacher refresh (use a reader without augmentation).
+    estep_every (int): Steps between corpus E-steps (0 = never: fixed random routing).
+    teacher_start (int): Step at which self-training starts (0 = never).
+    teacher_refresh (int): Steps between teacher refreshes (0 = never refresh).
+    shared_steps (int): Steps of a shared stage I: until then every document trains every
+        expert and no E-step runs (0: routed from the first step).
+    batch_size (int): Documents per forward pass during the corpus passes.
+    """
+    for name, value in (("estep_every", estep_every), ("teacher_start", teacher_start),
+                        ("teacher_refresh", teacher_refresh), ("shared_steps", shared_steps)):
+        if value < 0:
+            raise ValueError(f"[em_schedule] {name} must be >= 0, got {value}")
+
+    def before_update(nlp: Language, args: Dict[str, Any]) -> None:
+        step = args["step"]
+        pipe = nlp.get_pipe(component)
+        pipe.route_updates = step >= shared_steps
+        refresh = teacher_start > 0 and (
+            step == teacher_start
+            or (teacher_refresh > 0 and step > teacher_start
+                and (step - teacher_start) % teacher_refresh == 0)
+        )
+        if refresh:
+            pipe.snapshot_teacher(corpus(nlp), nlp=nlp, batch_size=batch_size, step=step)
+        estep_due = refresh or (step > 0 and step % estep_every == 0)
+        if pipe.n_experts > 1 and estep_every > 0 and pipe.route_updates and estep_due:
+            pipe.reassign_experts(corpus(nlp), nlp=nlp, batch_size=batch_size, step=step)
+
+    return before_update
 
 
 @registry.callbacks("spacy-bond-moe.em_schedule.v1")
@@ -15,32 +62,6 @@ def create_em_schedule(
     teacher_refresh: int,
     batch_size: int = 64,
 ) -> Callable[[Language, Dict[str, Any]], None]:
-    """A `[training.before_update]` callback running BOND-MoE's schedule.
-
-    component (str): Name of the `bond_moe_ner` pipe.
-    corpus (Callable[[Language], Iterable[Example]]): The training corpus, re-read at
-        each E-step / teacher refresh (use a reader without augmentation).
-    estep_every (int): Steps between corpus E-steps (0 = never: fixed random routing).
-    teacher_start (int): Step at which self-training starts (0 = never).
-    teacher_refresh (int): Steps between teacher refreshes (0 = never refresh).
-    batch_size (int): Documents per forward pass during the corpus passes.
-    """
-    for name, value in (("estep_every", estep_every), ("teacher_start", teacher_start),
-                        ("teacher_refresh", teacher_refresh)):
-        if value < 0:
-            raise ValueError(f"[em_schedule] {name} must be >= 0, got {value}")
-
-    def before_update(nlp: Language, args: Dict[str, Any]) -> None:
-        step = args["step"]
-        pipe = nlp.get_pipe(component)
-        refresh = teacher_start > 0 and (
-            step == teacher_start
-            or (teacher_refresh > 0 and step > teacher_start
-                and (step - teacher_start) % teacher_refresh == 0)
-        )
-        if refresh:
-            pipe.snapshot_teacher(corpus(nlp), nlp=nlp, batch_size=batch_size, step=step)
-        if pipe.n_experts > 1 and estep_every > 0 and (refresh or (step > 0 and step % estep_every == 0)):
-            pipe.reassign_experts(corpus(nlp), nlp=nlp, batch_size=batch_size, step=step)
-
-    return before_update
+    """`spacy-bond-moe.em_schedule.v2` without a shared stage I (v0.1 configs)."""
+    return create_em_schedule_v2(component, corpus, estep_every, teacher_start,
+                                 teacher_refresh, 0, batch_size)

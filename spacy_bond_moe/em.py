@@ -1,11 +1,12 @@
-"""Hard-EM over documents: stable document keys, responsibilities and fair
-(Sinkhorn-balanced) assignment of documents to experts."""
+"""Hard-EM over documents: stable document keys, the registered expert assigners (fair
+Sinkhorn-balanced or argmax) and the router that holds the E-step's training state."""
 import hashlib
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import numpy
 from spacy.tokens import Doc
+from spacy.util import registry
 
 DOC_ID_KEY = "bond_moe_id"
 
@@ -71,67 +72,155 @@ def sinkhorn(
     return SinkhornResult(g + u[:, None] + v[None, :], residual, n_iter)
 
 
-def assign(
-    costs: numpy.ndarray,
-    fair: bool = True,
-    lam: float = 0.1,
-    max_iter: int = 100,
-    tol: float = 1e-6,
-    seed: int = 0,
-    active: Optional[numpy.ndarray] = None,
-) -> Tuple[numpy.ndarray, float]:
-    """Hard E-step: one expert per document.
+ExpertScope = Literal["all", "entities"]
+MStep = Literal["hard", "soft"]
 
-    fair=True solves the entropic transport problem with Sinkhorn (uniform marginals)
-    and rounds the plan to a hard assignment with equal loads: documents take their
-    most probable expert under the plan, most confident documents first, until that
-    expert holds ceil(N/K) documents. (A plain argmax of an entropic plan is not
-    balanced when cost differences are small against lam.) fair=False is the plain
-    argmin of the costs (collapse-prone; kept for the ablation). Ties break at random.
-    active (Optional[ndarray]): (N,) bool; only these documents are scored, the others
-        are dealt evenly at random (None: all documents are active).
-    RETURNS (Tuple[ndarray, float]): (N,) expert ids and the Sinkhorn residual (0.0
-        when not fair).
+
+@dataclass
+class EStep:
+    """One E-step's outcome: hard experts, soft weights (soft M-step only), residual."""
+
+    experts: numpy.ndarray  # (N,) int64
+    weights: Optional[numpy.ndarray]  # (N, K) rows summing to 1, or None
+    residual: float  # Sinkhorn's marginal error (0.0 without Sinkhorn)
+
+
+@dataclass
+class Assigner:
+    """How an E-step turns the (N, K) document x expert costs into routing.
+
+    fair (bool): Sinkhorn-balanced transport plan rounded to equal loads (most confident
+        documents first, until an expert holds ceil(N/K)); False: the plain argmin of
+        the costs (collapse-prone; the paper's ablation). Ties break at random.
+    lam (float): Sinkhorn's entropic temperature; without Sinkhorn, the temperature of the
+        soft weights softmax(-costs / lam).
+    scope (str): "all" scores every document; "entities" only documents whose targets hold
+        an entity, the others are dealt evenly at random (else they fill one expert).
+    m_step (str): "hard" trains each document on its expert; "soft" spreads its loss by
+        its weights (rows of the Sinkhorn plan, or the softmax).
     """
-    n_docs, n_experts = costs.shape
-    if active is not None and not active.all():
+
+    fair: bool
+    lam: float
+    max_iter: int
+    tol: float
+    scope: ExpertScope
+    m_step: MStep
+
+    def __call__(
+        self, costs: numpy.ndarray, *, seed: int = 0, active: Optional[numpy.ndarray] = None
+    ) -> EStep:
+        """Route N documents; `active` (N,) bool limits scoring (None: all documents)."""
+        n_docs, n_experts = costs.shape
+        rows = numpy.ones((n_docs,), dtype=bool) if active is None else active
         experts = numpy.zeros((n_docs,), dtype="int64")
-        experts[~active] = balanced_random(int((~active).sum()), n_experts, seed)
-        experts[active], residual = assign(costs[active], fair, lam, max_iter, tol, seed)
-        return experts, residual
-    if n_docs == 0:
-        return numpy.zeros((0,), dtype="int64"), 0.0
-    rng = numpy.random.default_rng(seed)
-    jitter = rng.uniform(0.0, 1e-9, size=costs.shape)
-    if not fair:
-        return (-costs + jitter).argmax(axis=1), 0.0
-    result = sinkhorn(costs, lam=lam, max_iter=max_iter, tol=tol)
-    return round_plan(result.plan_log + jitter), result.residual
+        if not rows.all():
+            experts[~rows] = balanced_random(int((~rows).sum()), n_experts, seed)
+        weights = numpy.full((n_docs, n_experts), 1.0 / n_experts) if self.m_step == "soft" else None
+        residual = 0.0
+        scored = costs[rows]
+        if scored.shape[0]:
+            jitter = numpy.random.default_rng(seed).uniform(0.0, 1e-9, size=scored.shape)
+            if self.fair:
+                plan = sinkhorn(scored, lam=self.lam, max_iter=self.max_iter, tol=self.tol)
+                logits, residual = plan.plan_log, plan.residual
+                experts[rows] = round_plan(logits + jitter)
+            else:
+                logits = -scored.astype("float64") / self.lam
+                experts[rows] = (-scored + jitter).argmax(axis=1)
+            if weights is not None:
+                weights[rows] = numpy.exp(logits - log_sum_exp(logits, axis=1)[:, None])
+        return EStep(experts, weights, residual)
 
 
-def responsibilities(
-    costs: numpy.ndarray,
-    fair: bool = True,
+def _check_assigner_args(lam: float, max_iter: int, tol: float) -> None:
+    if lam <= 0:
+        raise ValueError(f"[bond_moe_ner] assigner lam must be > 0, got {lam}")
+    if max_iter < 1:
+        raise ValueError(f"[bond_moe_ner] assigner max_iter must be >= 1, got {max_iter}")
+    if tol <= 0:
+        raise ValueError(f"[bond_moe_ner] assigner tol must be > 0, got {tol}")
+
+
+@registry.misc("spacy-bond-moe.sinkhorn_assigner.v1")
+def build_sinkhorn_assigner_v1(
     lam: float = 0.1,
     max_iter: int = 100,
     tol: float = 1e-6,
-    active: Optional[numpy.ndarray] = None,
-) -> numpy.ndarray:
-    """Soft E-step: (N, K) expert weights per document, rows summing to 1.
+    scope: ExpertScope = "all",
+    m_step: MStep = "hard",
+) -> Assigner:
+    """The paper's fair E-step: Sinkhorn (temperature `lam`, at most `max_iter`
+    iterations, marginal tolerance `tol`) and balanced rounding (see `Assigner`)."""
+    _check_assigner_args(lam, max_iter, tol)
+    return Assigner(True, lam, max_iter, tol, scope, m_step)
 
-    fair=True: the rows of the Sinkhorn plan (uniform marginals) renormalised; fair=False:
-    softmax(-costs / lam). Documents outside `active` are spread uniformly.
+
+@registry.misc("spacy-bond-moe.argmax_assigner.v1")
+def build_argmax_assigner_v1(
+    temperature: float = 0.1, scope: ExpertScope = "all", m_step: MStep = "hard"
+) -> Assigner:
+    """The unbalanced E-step (w/o fair assignment): each document to its cheapest expert;
+    `temperature` only shapes the soft M-step's weights (see `Assigner`)."""
+    _check_assigner_args(temperature, 1, 1.0)
+    return Assigner(False, temperature, 1, 1.0, scope, m_step)
+
+
+class Router:
+    """The E-step's training state: document -> expert, soft weights, expert loads.
+
+    Never serialised: a loaded pipeline routes nothing (inference mixes all experts);
+    the expert prior it yields is kept by the component's `cfg`.
     """
-    n_docs, n_experts = costs.shape
-    weights = numpy.full((n_docs, n_experts), 1.0 / n_experts)
-    rows = numpy.ones((n_docs,), dtype=bool) if active is None else active
-    if rows.any():
-        if fair:
-            logits = sinkhorn(costs[rows], lam=lam, max_iter=max_iter, tol=tol).plan_log
-        else:
-            logits = -costs[rows].astype("float64") / lam
-        weights[rows] = numpy.exp(logits - log_sum_exp(logits, axis=1)[:, None])
-    return weights
+
+    def __init__(self, n_experts: int, assigner: Assigner) -> None:
+        self.n_experts = n_experts
+        self.assigner = assigner
+        self.assignments: Dict[str, int] = {}
+        self.responsibilities: Dict[str, numpy.ndarray] = {}
+        self.prior: List[float] = [1.0 / n_experts] * n_experts
+
+    def deal(self, keys: Sequence[str]) -> None:
+        """The initial routing: the sorted keys dealt evenly at random."""
+        keys = sorted(set(keys))
+        experts = balanced_random(len(keys), self.n_experts)
+        self.assignments = dict(zip(keys, (int(k) for k in experts)))
+        self.responsibilities = {}
+
+    def expert_of(self, key: str) -> int:
+        """The assigned expert of a document key (hash-based for unseen documents)."""
+        expert = self.assignments.get(key)
+        return hash_expert(key, self.n_experts) if expert is None else expert
+
+    def weights_of(self, key: str) -> Optional[numpy.ndarray]:
+        """The document's soft M-step weights (None: train its assigned expert)."""
+        return self.responsibilities.get(key)
+
+    def estep(
+        self, keys: Sequence[str], costs: numpy.ndarray, has_entity: numpy.ndarray,
+        step: Optional[int] = None,
+    ) -> Dict[str, Any]:
+        """Re-route every document from its (N, K) costs; returns the event to log."""
+        active = has_entity if self.assigner.scope == "entities" else None
+        result = self.assigner(costs, seed=step or 0, active=active)
+        changed = sum(1 for key, k in zip(keys, result.experts) if self.expert_of(key) != int(k))
+        self.assignments = {key: int(k) for key, k in zip(keys, result.experts)}
+        self.responsibilities = {} if result.weights is None else dict(zip(keys, result.weights))
+        loads = numpy.bincount(result.experts, minlength=self.n_experts)
+        self.prior = [float(x) for x in loads / loads.sum()]
+        event: Dict[str, Any] = {
+            "event": "estep",
+            "step": step,
+            "n_docs": len(keys),
+            "n_docs_with_entities": int(has_entity.sum()),
+            "loads": [int(x) for x in loads],
+            "changed": changed,
+            "sinkhorn_residual": result.residual,
+            "mean_cost": [float(x) for x in costs.mean(axis=0)],
+        }
+        if result.weights is not None:  # how hard the soft M-step is: 1/K = shared, 1 = hard
+            event["mean_max_responsibility"] = float(result.weights.max(axis=1).mean())
+        return event
 
 
 def round_plan(plan_log: numpy.ndarray) -> numpy.ndarray:

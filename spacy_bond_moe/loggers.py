@@ -2,29 +2,13 @@
 import json
 import sys
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import IO, Any, Callable, Dict, Optional, Tuple, Union
 
 from spacy.language import Language
 from spacy.training.loggers import console_logger_v3
 from spacy.util import registry
 
 from .component import BondMoENER
-
-EVENTS_FILE = "bond_moe_events.jsonl"
-
-
-def cli_output_dir(argv: List[str]) -> Optional[Path]:
-    """The `--output/-o` directory of a `spacy train` command line, if any."""
-    if "train" not in argv:
-        return None
-    for i, arg in enumerate(argv):
-        for flag in ("--output", "--output-path", "-o"):
-            if arg == flag and i + 1 < len(argv):
-                return Path(argv[i + 1])
-            if arg.startswith(flag + "="):
-                return Path(arg.split("=", 1)[1])
-    return None
-
 
 def format_event(event: Dict[str, Any]) -> str:
     if event["event"] == "estep":
@@ -52,8 +36,9 @@ def bond_moe_console_logger_v1(
     """spacy.ConsoleLogger.v3, plus one line per E-step / teacher refresh.
 
     events_path (Optional[Union[str, Path]]): JSON-lines file receiving the events and
-        every evaluation (step, scores, teacher age). Default: `bond_moe_events.jsonl` in
-        the `spacy train --output` directory (no file when training without one).
+        every evaluation (step, scores, teacher age), e.g. `bond_moe_events.jsonl` in the
+        training output directory; None: no file. An explicit path, so that training
+        started from Python (`spacy.cli.train.train`) logs like `spacy train`.
     """
     base = console_logger_v3(progress_bar, console_output, output_file)
 
@@ -63,9 +48,6 @@ def bond_moe_console_logger_v1(
         log_base, finalize_base = base(nlp, stdout, stderr)
         pipes = [(name, pipe) for name, pipe in nlp.components if isinstance(pipe, BondMoENER)]
         path = Path(events_path) if events_path else None
-        if path is None:
-            out_dir = cli_output_dir(sys.argv)
-            path = out_dir / EVENTS_FILE if out_dir is not None else None
         handle = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +75,7 @@ def bond_moe_console_logger_v1(
                         "scores": {k: v for k, v in info["other_scores"].items()
                                    if not isinstance(v, dict)},
                         "loss": float(info["losses"].get(name, 0.0)),
-                        "teacher_age": pipe.teacher_age(info["step"]),
+                        "teacher_age": pipe.teacher.age(info["step"]),
                         "expert_prior": pipe.cfg["expert_prior"],
                     })
             log_base(info)

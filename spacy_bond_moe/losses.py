@@ -1,14 +1,27 @@
-"""Token losses for one expert: soft cross-entropy and generalized cross-entropy.
+"""Token losses for one expert: soft cross-entropy and generalized cross-entropy, the
+registered distant-label losses, and the token NLL that the E-step costs are made of.
 
 Gradients are returned with respect to the expert's *logits* (thinc's Softmax
 convention), so the expert heads pass them straight to their linear layer.
 """
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Tuple, Union
 
-from thinc.types import Floats2d, Floats3d
+import numpy
+from spacy.util import registry
+from thinc.types import Floats1d, Floats2d, Floats3d
 from thinc.util import get_array_module
 
-_EPS = 1e-8
+EPS = 1e-12  # the one epsilon inside every log and division of the package
+TokenLoss = Callable[[Floats2d, Floats2d, Floats2d], Tuple[float, Floats2d]]
+
+
+def token_nll(probs: Union[Floats2d, Floats3d], targets: Floats2d) -> Union[Floats1d, Floats2d]:
+    """-sum_c q_c log p_c per token: (n, C) targets against (n, C) or (n, K, C) probs."""
+    xp = get_array_module(probs)
+    if probs.ndim == 3:
+        targets = targets[:, None, :]
+    return -(targets * xp.log(probs + EPS)).sum(axis=-1)
 
 
 def soft_cross_entropy(
@@ -21,8 +34,7 @@ def soft_cross_entropy(
     mask (Floats2d): (n, 1) 1.0 for supervised tokens, 0.0 elsewhere.
     RETURNS (Tuple[float, Floats2d]): the summed loss and d(loss)/d(logits).
     """
-    xp = get_array_module(probs)
-    loss = -(mask * targets * xp.log(probs + _EPS)).sum()
+    loss = (mask[:, 0] * token_nll(probs, targets)).sum()
     d_logits = mask * (probs * targets.sum(axis=1, keepdims=True) - targets)
     return float(loss), d_logits
 
@@ -35,7 +47,7 @@ def generalized_cross_entropy(
     For one-hot targets, the gradient is the cross-entropy gradient scaled by p_y^a:
     confidently wrong (likely noisy) labels pull less.
     """
-    p_target = (targets * probs).sum(axis=1, keepdims=True) + _EPS
+    p_target = (targets * probs).sum(axis=1, keepdims=True) + EPS
     powered = p_target**q
     loss = (mask * (1.0 - powered) / q).sum()
     d_logits = -mask * (powered / p_target) * probs * (targets - p_target)
@@ -44,14 +56,14 @@ def generalized_cross_entropy(
 
 def expert_loss(
     probs: Floats3d, expert: Optional[int], targets: Floats2d, mask: Floats2d,
-    gce_q: float = 0.0,
+    token_loss: TokenLoss = soft_cross_entropy,
 ) -> Tuple[float, Floats3d]:
     """Loss of one document routed to one expert; other experts get no gradient.
 
     probs (Floats3d): (n, K, C) per-expert probabilities of the document's tokens.
     expert (Optional[int]): The expert this document is assigned to; None shares it:
         the loss is the mean over all K experts, each receiving its part.
-    gce_q (float): 0 for soft cross-entropy, else the GCE exponent.
+    token_loss (TokenLoss): one expert's summed loss and logit gradient.
     RETURNS (Tuple[float, Floats3d]): summed loss and (n, K, C) logit gradient.
     """
     n_experts = probs.shape[1]
@@ -59,12 +71,12 @@ def expert_loss(
         weights = [1.0 / n_experts] * n_experts
     else:
         weights = [1.0 if k == expert else 0.0 for k in range(n_experts)]
-    return weighted_expert_loss(probs, weights, targets, mask, gce_q)
+    return weighted_expert_loss(probs, weights, targets, mask, token_loss)
 
 
 def weighted_expert_loss(
     probs: Floats3d, weights: Sequence[float], targets: Floats2d, mask: Floats2d,
-    gce_q: float = 0.0,
+    token_loss: TokenLoss = soft_cross_entropy,
 ) -> Tuple[float, Floats3d]:
     """Loss of one document spread over the experts: sum_k weights[k] * loss_k (soft M-step).
 
@@ -77,10 +89,51 @@ def weighted_expert_loss(
     for k, weight in enumerate(weights):
         if weight <= 0:
             continue
-        if gce_q > 0:
-            loss, d_k = generalized_cross_entropy(probs[:, k, :], targets, mask, gce_q)
-        else:
-            loss, d_k = soft_cross_entropy(probs[:, k, :], targets, mask)
+        loss, d_k = token_loss(probs[:, k, :], targets, mask)
         total += float(weight) * loss
         d_probs[:, k, :] = float(weight) * d_k
     return total, d_probs
+
+
+@dataclass
+class DistantLoss:
+    """The stage-I loss on distant labels: a token loss, and O-dropping.
+
+    o_drop (float): Fraction of distant "O" tokens left unsupervised at each update
+        (missed entities are the distant labels' main noise), drawn anew each time.
+    """
+
+    token_loss: TokenLoss
+    o_drop: float = 0.0
+    rng: numpy.random.Generator = field(default_factory=lambda: numpy.random.default_rng(0))
+
+    def supervised(self, tag_ids: numpy.ndarray, mask: numpy.ndarray) -> numpy.ndarray:
+        """The training mask after O-dropping (`tag_ids` 0 = "O")."""
+        if self.o_drop <= 0:
+            return mask
+        return mask & ~((tag_ids == 0) & (self.rng.random(len(tag_ids)) < self.o_drop))
+
+
+def _check_o_drop(o_drop: float) -> None:
+    if not 0.0 <= o_drop < 1.0:
+        raise ValueError(f"[bond_moe_ner] o_drop must be in [0, 1), got {o_drop}")
+
+
+@registry.misc("spacy-bond-moe.cross_entropy.v1")
+def build_cross_entropy_v1(o_drop: float = 0.0) -> DistantLoss:
+    """Cross-entropy on the distant labels (BOND's stage I)."""
+    _check_o_drop(o_drop)
+    return DistantLoss(soft_cross_entropy, o_drop)
+
+
+@registry.misc("spacy-bond-moe.gce.v1")
+def build_gce_v1(q: float = 0.7, o_drop: float = 0.0) -> DistantLoss:
+    """Generalized cross-entropy with exponent `q` in (0, 1] (RoSTER's noise-robust loss)."""
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"[bond_moe_ner] gce q must be in (0, 1], got {q}")
+    _check_o_drop(o_drop)
+
+    def gce(probs: Floats2d, targets: Floats2d, mask: Floats2d) -> Tuple[float, Floats2d]:
+        return generalized_cross_entropy(probs, targets, mask, q)
+
+    return DistantLoss(gce, o_drop)

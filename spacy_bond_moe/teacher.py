@@ -1,11 +1,23 @@
-"""The frozen teacher of BOND's self-training stage and its pseudo-labels."""
+"""The frozen teacher of BOND's self-training stage, its registered pseudo-labellers and
+its cached targets."""
 import copy
-from typing import Tuple
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy
+from spacy.tokens import Doc
+from spacy.training import Example
+from spacy.util import registry
 from thinc.api import Model
+from thinc.types import Floats3d
 
-_EPS = 1e-12
+from .em import doc_key
+from .losses import EPS
+from .tags import blank_mask
+
+Targets = Tuple[numpy.ndarray, numpy.ndarray]  # (n, C) float32 distributions, (n,) bool mask
+# (n, C) teacher mixture, (C,) corpus class frequencies -> targets and keep mask
+PseudoLabeller = Callable[[numpy.ndarray, numpy.ndarray], Targets]
 
 
 def _torch_modules(model: Model):
@@ -50,8 +62,8 @@ def soft_labels(
     freq (ndarray): (C,) class frequencies over the corpus (`class_frequencies`).
     RETURNS (Tuple[ndarray, ndarray]): (n, C) targets and (n,) boolean keep mask.
     """
-    sharpened = probs**power / (freq[None, :] + _EPS)
-    targets = sharpened / (sharpened.sum(axis=1, keepdims=True) + _EPS)
+    sharpened = probs**power / (freq[None, :] + EPS)
+    targets = sharpened / (sharpened.sum(axis=1, keepdims=True) + EPS)
     return targets, targets.max(axis=1) > threshold
 
 
@@ -60,3 +72,118 @@ def hard_labels(probs: numpy.ndarray) -> Tuple[numpy.ndarray, numpy.ndarray]:
     targets = numpy.zeros_like(probs)
     targets[numpy.arange(probs.shape[0]), probs.argmax(axis=1)] = 1.0
     return targets, numpy.ones((probs.shape[0],), dtype=bool)
+
+
+@registry.misc("spacy-bond-moe.soft_pseudo_labels.v1")
+def build_soft_pseudo_labels_v1(power: float = 2.0, threshold: float = 0.9) -> PseudoLabeller:
+    """BOND's soft labels q ∝ p^power / f, kept where max q > threshold (`soft_labels`)."""
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"[bond_moe_ner] pseudo-label threshold must be in [0, 1), got {threshold}")
+    if power <= 0:
+        raise ValueError(f"[bond_moe_ner] pseudo-label power must be > 0, got {power}")
+
+    def label(mixture: numpy.ndarray, freq: numpy.ndarray) -> Targets:
+        return soft_labels(mixture, freq, power, threshold)
+
+    return label
+
+
+@registry.misc("spacy-bond-moe.hard_pseudo_labels.v1")
+def build_hard_pseudo_labels_v1() -> PseudoLabeller:
+    """BOND's hard labels: the teacher's argmax on every token (`hard_labels`)."""
+
+    def label(mixture: numpy.ndarray, freq: numpy.ndarray) -> Targets:
+        return hard_labels(mixture)
+
+    return label
+
+
+class Teacher:
+    """The self-training state: frozen model, corpus class frequencies, cached targets.
+
+    combine (Callable): one document's (n, K, C) expert probabilities -> (n, C) mixture.
+    Never serialised; inactive until the first `snapshot`.
+    """
+
+    def __init__(self, labeller: PseudoLabeller, combine: Callable[[Floats3d], numpy.ndarray]) -> None:
+        self.labeller = labeller
+        self.combine = combine
+        self.model: Optional[Model] = None
+        self.freq: Optional[numpy.ndarray] = None
+        self.targets: Dict[str, Targets] = {}
+        self.step: Optional[int] = None
+
+    @property
+    def active(self) -> bool:
+        return self.model is not None
+
+    def age(self, step: int) -> Optional[int]:
+        """Steps since the last snapshot, or None before the first."""
+        return None if self.step is None else step - self.step
+
+    def mixtures(self, docs: List[Doc], n_tags: int) -> List[numpy.ndarray]:
+        assert self.model is not None
+        if not any(len(doc) for doc in docs):
+            return [numpy.zeros((0, n_tags), dtype="float32") for _ in docs]
+        return [self.combine(p) for p in self.model.predict(docs)]
+
+    def snapshot(
+        self, student: Model, batches: Iterable[Tuple[List[str], List[Doc]]], n_tags: int,
+        step: Optional[int] = None,
+    ) -> Dict[str, Any]:
+        """Freeze (or refresh) the teacher from the student and cache its targets for the
+        corpus, with corpus-level class frequencies; returns the event to log."""
+        started = time.perf_counter()
+        if self.model is None:
+            self.model = snapshot(student)
+        else:
+            refresh(self.model, student)
+        keys: List[str] = []
+        mixtures: List[numpy.ndarray] = []
+        blanks: List[numpy.ndarray] = []
+        for batch_keys, docs in batches:
+            keys.extend(batch_keys)
+            mixtures.extend(self.mixtures(docs, n_tags))
+            blanks.extend(blank_mask(doc) for doc in docs)
+        tokens = [m[~blank] for m, blank in zip(mixtures, blanks)]  # blank tokens: not counted
+        all_tokens = numpy.concatenate(tokens) if tokens else numpy.zeros((0, n_tags))
+        self.freq = class_frequencies(all_tokens)
+        self.targets = {}
+        n_kept = 0
+        for key, mixture, blank in zip(keys, mixtures, blanks):
+            q, keep = self.pseudo_labels(mixture, blank)
+            self.targets[key] = (q.astype("float16"), keep)
+            n_kept += int(keep.sum())
+        self.step = step
+        return {
+            "event": "teacher",
+            "step": step,
+            "n_docs": len(keys),
+            "n_tokens": int(all_tokens.shape[0]),
+            "kept_fraction": n_kept / max(all_tokens.shape[0], 1),
+            "seconds": time.perf_counter() - started,
+        }
+
+    def pseudo_labels(self, mixture: numpy.ndarray, blank: numpy.ndarray) -> Targets:
+        """Targets and keep mask of one document; blank tokens are never kept."""
+        assert self.freq is not None
+        q, keep = self.labeller(mixture, self.freq)
+        return q, keep & ~blank
+
+    def targets_for(self, examples: Sequence[Example], n_tags: int) -> List[Targets]:
+        """Per-document targets: cached at the last snapshot, else predicted now (documents
+        outside the snapshot corpus, or re-tokenised since)."""
+        output: List[Optional[Targets]] = []
+        missing = []
+        for i, eg in enumerate(examples):
+            cached = self.targets.get(doc_key(eg.reference))
+            if cached is not None and cached[0].shape[0] == len(eg.predicted):
+                output.append((cached[0].astype("float32"), cached[1]))
+            else:
+                output.append(None)
+                missing.append(i)
+        if missing:
+            docs = [examples[i].predicted for i in missing]
+            for i, doc, mixture in zip(missing, docs, self.mixtures(docs, n_tags)):
+                output[i] = self.pseudo_labels(mixture, blank_mask(doc))
+        return output  # type: ignore[return-value]

@@ -4,6 +4,7 @@ No training: the report reads synthetic JSONs; run.py's training launcher is pat
 """
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -67,18 +68,21 @@ def test_command_overrides_per_system(tmp_path):
     assert not [k for k in ner if k.startswith(("--training.before_update", "--components."))]
     moe = opts("bond_moe")
     assert moe["--components.bond_moe_ner.model.n_experts"] == "3"
-    assert moe["--components.bond_moe_ner.fair"] == "true"
-    assert moe["--components.bond_moe_ner.self_training"] == "soft"
+    assert "--components.bond_moe_ner.assigner" not in moe  # the configs' Sinkhorn E-step
+    assert "--components.bond_moe_ner.pseudo_labeller" not in moe  # and soft labels
+    assert moe["--training.logger.events_path"] == moe["-o"] + "/bond_moe_events.jsonl"
     assert (moe["--training.before_update.teacher_start"], moe["--training.before_update.teacher_refresh"],
             moe["--training.before_update.estep_every"]) == ("300", "200", "25")
-    assert opts("wo_fair")["--components.bond_moe_ner.fair"] == "false"
+    assert json.loads(opts("wo_fair")["--components.bond_moe_ner.assigner"]) == {
+        "@misc": "spacy-bond-moe.argmax_assigner.v1"}
     assert opts("wo_fair")["--training.before_update.teacher_start"] == "300"
     assert opts("wo_self_training")["--training.before_update.teacher_start"] == "0"
     assert opts("wo_self_training")["--components.bond_moe_ner.model.n_experts"] == "3"
     assert opts("bond")["--components.bond_moe_ner.model.n_experts"] == "1"
     assert opts("bond")["--training.before_update.teacher_start"] == "300"
     twitter = opts("bond_moe", "twitter")
-    assert twitter["--components.bond_moe_ner.self_training"] == "hard"
+    assert json.loads(twitter["--components.bond_moe_ner.pseudo_labeller"]) == {
+        "@misc": "spacy-bond-moe.hard_pseudo_labels.v1"}
     assert twitter["--training.max_steps"] == "1500"
     conll = opts("bond_moe", "conll03")
     assert (conll["--training.before_update.teacher_start"], conll["--training.max_steps"]) == ("900", "3000")
@@ -87,7 +91,7 @@ def test_command_overrides_per_system(tmp_path):
     for system, moe_system in (("bond_cnn", "bond"), ("bond_moe_cnn", "bond_moe"), ("wo_fair_cnn", "wo_fair"),
                                ("wo_self_training_cnn", "wo_self_training")):
         assert run.SYSTEMS[system].config == "configs/cnn.cfg"
-        run_dirs = ("-o", "--training.logger.output_file")
+        run_dirs = ("-o", "--training.logger.output_file", "--training.logger.events_path")
         assert {k: v for k, v in cnn[system].items() if k not in run_dirs} == \
             {k: v for k, v in opts(moe_system).items() if k not in run_dirs}
     ner_cnn = run.build_command(spec_for(tmp_path, "webpage", "spacy_ner_cnn"))
@@ -285,6 +289,14 @@ def test_report_speed_section(tmp_path):
     assert "| `k3_shared` | 250 | 1.000 | 0.100 | 2.00 | 10.0% | 2.00 | 2.10 | 1000 | 700 | 2000 | 22.7 |" in section
     assert "| `train_wps_k3_shared_over_k1` | >= 0.87 | 0.833 | **not met** |" in section
     assert "A/B profile" not in section  # no profile JSON
+    # A failed variant is shown as failed, a target without a value as not measured.
+    speed["variants"]["k3_separate"] = {"error": "child exited with 1"}
+    speed["targets"]["estep_share_k3_separate"] = {"value": None, "target": "<= 0.15", "met": None}
+    (results / "speed__webpage__minilm.json").write_text(json.dumps(speed))
+    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
+    section = out.read_text().split("## Speed and memory of the K experts")[1]
+    assert "| `k3_separate` | FAILED: child exited with 1 |" in section
+    assert "| `estep_share_k3_separate` | <= 0.15 | n/a | not measured |" in section
 
 
 def test_report_experts_section_and_run_file_names(tmp_path):
@@ -316,16 +328,16 @@ def test_investigation_system_adds_its_overrides(tmp_path):
     assert "--components.bond_moe_ner.head_lr_scale" not in options(
         run.build_command(spec_for(tmp_path, "webpage", "bond_moe")))
     scope = options(run.build_command(spec_for(tmp_path, "wikigold", "bond_moe_scope")))
-    assert scope["--components.bond_moe_ner.estep_scope"] == "entities"
+    assert scope["--components.bond_moe_ner.assigner.scope"] == "entities"
     warmup = options(run.build_command(spec_for(tmp_path, "wikigold", "bond_moe_warmup")))
-    assert warmup["--components.bond_moe_ner.shared_warmup"] == "350"  # Wikigold's teacher_start
+    assert warmup["--training.before_update.shared_steps"] == "350"  # Wikigold's teacher_start
     assert warmup["--training.before_update.teacher_start"] == "350"
     warmup_cnn = spec_for(tmp_path, "twitter", "bond_moe_warmup_cnn")
     assert run.build_command(warmup_cnn)[4] == "configs/cnn.cfg"
-    assert options(run.build_command(warmup_cnn))["--components.bond_moe_ner.shared_warmup"] == "900"
+    assert options(run.build_command(warmup_cnn))["--training.before_update.shared_steps"] == "900"
     soft = options(run.build_command(spec_for(tmp_path, "webpage", "bond_moe_soft")))
-    assert soft["--components.bond_moe_ner.m_step"] == "soft"
-    assert "--components.bond_moe_ner.shared_warmup" not in options(
+    assert soft["--components.bond_moe_ner.assigner.m_step"] == "soft"
+    assert "--training.before_update.shared_steps" not in options(
         run.build_command(spec_for(tmp_path, "wikigold", "bond_moe")))
 
 
@@ -543,3 +555,75 @@ def test_tokenization_counts_and_report_section(tmp_path):
     text = out.read_text()
     assert "| `webpage__bond_moe__seed0.json` | test |" not in text
     assert "| `experts__webpage__bond_moe__seed0__test.json` (**stale**: model-best retrained since" in text
+
+
+def test_git_info_names_dirty_files_whole(tmp_path, monkeypatch):
+    """`git status --porcelain` lines start with a space for unstaged changes: the first
+    file's name must keep its first letter."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    for name in ("README.md", "setup.py"):
+        (repo / name).write_text("a\n")
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    for name in ("README.md", "setup.py"):
+        (repo / name).write_text("b\n")
+    monkeypatch.setattr(run, "ROOT", repo)
+    info = run.git_info()
+    assert info["dirty"] and info["dirty_files"] == ["README.md", "setup.py"]
+    assert len(info["commit"]) == 40
+
+
+def test_run_one_scores_best_and_last_and_writes_the_result(tmp_path, monkeypatch):
+    """run_one end to end with a stand-in for the training child: a trained pipeline as
+    model-best and an untrained one as model-last, so swapping them would fail."""
+    import spacy
+    from spacy.tokens import DocBin
+    from spacy.training import Example
+
+    from .conftest import TRAIN_DATA, cnn_moe_model, make_doc
+
+    nlp = spacy.blank("en")
+    docs = [make_doc(nlp, t, e, f"toy:{i}") for i, (t, e) in enumerate(TRAIN_DATA)]
+    spec = spec_for(tmp_path, "webpage", "bond_moe_cnn", seed=0, max_steps=20)
+    spec.corpus_dir.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        DocBin(docs=docs, store_user_data=True).to_disk(spec.corpus_dir / f"{split}.spacy")
+
+    def fake_training(cmd: List[str], log_path: Path):
+        run_dir = Path(options(cmd)["-o"])
+        run_dir = run_dir if run_dir.is_absolute() else ROOT / run_dir
+        spacy.util.fix_random_seed(0)
+        for name, steps in (("model-last", 0), ("model-best", 60)):
+            pipe_nlp = spacy.blank("en")
+            pipe_nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(1, width=32, depth=2)})
+            examples = [Example(pipe_nlp.make_doc(d.text), d) for d in docs]
+            optimizer = pipe_nlp.initialize(lambda: examples)
+            for _ in range(steps):
+                pipe_nlp.update(examples, sgd=optimizer)
+            pipe_nlp.to_disk(run_dir / name)
+        curve = [{"step": 0, "epoch": 0, "score": 0.1, "scores": {"ents_f": 10.0}, "losses": {}},
+                 {"step": 10, "epoch": 1, "score": 0.9, "scores": {"ents_f": 90.0}, "losses": {}},
+                 {"step": 20, "epoch": 2, "score": 0.9, "scores": {"ents_f": 90.0}, "losses": {}}]
+        (run_dir / run.TRAIN_LOG).write_text("".join(json.dumps(r) + "\n" for r in curve))
+        events = [{"component": "bond_moe_ner", "event": "estep", "step": 5, "loads": [2, 2]},
+                  {"component": "bond_moe_ner", "event": "eval", "step": 10}]
+        (run_dir / run.EVENTS_LOG).write_text("".join(json.dumps(e) + "\n" for e in events))
+        log_path.write_text("ok\n")
+        return 0, 12.5, 321.0
+
+    monkeypatch.setattr(run, "train_subprocess", fake_training)
+    assert run.run_one(spec) == "done"
+    result = json.loads(spec.result_path.read_text())
+    assert result["eval_split"] == "test" and result["dev_best_step"] == 10  # spaCy: first best
+    assert result["eval_at_best"]["f"] == pytest.approx(1.0)
+    assert result["dev_at_best"]["f"] == pytest.approx(1.0)
+    assert result["eval_at_last"]["f"] < 0.5
+    assert result["events"] == [{"event": "estep", "step": 5, "loads": [2, 2]}]
+    assert [c["ents_f"] for c in result["curve"]] == [0.1, 0.9, 0.9]
+    assert result["train_wall_seconds"] == 12.5 and result["peak_rss_mb"] == 321.0
+    assert result["model_best_sha256"] == run.model_fingerprint(spec.run_dir / "model-best")
+    assert result["overrides"]["--training.logger.events_path"].endswith(run.EVENTS_LOG)
+    assert [p.name for p in spec.result_path.parent.iterdir()] == [spec.result_path.name]

@@ -6,8 +6,9 @@ from spacy.language import Language
 from spacy.training import Example
 from spacy.util import load_model_from_path
 
-from spacy_bond_moe import BondMoENER
+from spacy_bond_moe import BondMoENER, build_cross_entropy_v1
 from spacy_bond_moe.em import doc_key
+from spacy_bond_moe.teacher import Teacher
 
 from .conftest import TRAIN_DATA, make_examples, trf_tok2vec_config
 
@@ -27,8 +28,8 @@ def train_overfit(nlp: Language, ner: BondMoENER, n_steps: int = 60):
     """Every text appears once per expert, so every expert learns every sentence."""
     examples = make_examples(nlp, copies=ner.n_experts)
     optimizer = nlp.initialize(lambda: examples)
-    ner._assignments = {doc_key(eg.reference): int(doc_key(eg.reference).split(":")[1])
-                        for eg in examples}
+    ner.router.assignments = {doc_key(eg.reference): int(doc_key(eg.reference).split(":")[1])
+                              for eg in examples}
     losses = {}
     for _ in range(n_steps):
         losses = {}
@@ -91,7 +92,8 @@ def test_transformer_encoder_overfits_and_roundtrips(nlp, tmp_path, tiny_bert):
     examples = make_examples(nlp, copies=2)
     optimizer = nlp.initialize(lambda: examples)
     optimizer.learn_rate = 0.01
-    ner._assignments = {doc_key(eg.reference): int(doc_key(eg.reference).split(":")[1]) for eg in examples}
+    ner.router.assignments = {doc_key(eg.reference): int(doc_key(eg.reference).split(":")[1])
+                              for eg in examples}
     first = last = None
     for i in range(40):
         losses = {}
@@ -198,7 +200,7 @@ def test_update_routes_gradient_to_assigned_expert(nlp):
     examples = make_examples(nlp)
     nlp.initialize(lambda: examples)
     for eg in examples:
-        ner._assignments[doc_key(eg.reference)] = 2
+        ner.router.assignments[doc_key(eg.reference)] = 2
     scores = ner.model.predict([eg.predicted for eg in examples])
     _, grads = ner.get_loss(examples, scores)
     for g in grads:
@@ -224,7 +226,7 @@ def test_scorer_reports_ner_prf(nlp):
 
 
 def test_o_drop_unsupervises_a_share_of_distant_o(nlp):
-    ner = add_ner(nlp, 1, o_drop=0.5)
+    ner = add_ner(nlp, 1, distant_loss={"@misc": "spacy-bond-moe.cross_entropy.v1", "o_drop": 0.5})
     examples = make_examples(nlp, copies=20)
     nlp.initialize(lambda: examples)
     kept_o = total_o = 0
@@ -238,18 +240,19 @@ def test_o_drop_unsupervises_a_share_of_distant_o(nlp):
 
 
 def test_gce_only_on_distant_labels(nlp):
-    ner = add_ner(nlp, 1, gce_q=0.7)
+    ner = add_ner(nlp, 1, distant_loss={"@misc": "spacy-bond-moe.gce.v1", "q": 0.7})
     examples = make_examples(nlp)
     nlp.initialize(lambda: examples)
     scores = ner.model.predict([eg.predicted for eg in examples])
     loss_gce, _ = ner.get_loss(examples, scores)
-    ner.cfg["gce_q"] = 0.0
+    gce = ner.distant_loss
+    ner.distant_loss = build_cross_entropy_v1()
     loss_ce, _ = ner.get_loss(examples, scores)
     assert 0 < loss_gce < loss_ce  # (1 - p^q)/q < -log p
-    ner.cfg["gce_q"] = 0.7
+    ner.distant_loss = gce
     ner.snapshot_teacher(examples, nlp=nlp, step=0)
     teacher_loss, _ = ner.get_loss(examples, scores)
-    ner.cfg["gce_q"] = 0.0
+    ner.distant_loss = build_cross_entropy_v1()
     assert ner.get_loss(examples, scores)[0] == pytest.approx(teacher_loss)  # soft CE with a teacher
 
 
@@ -307,8 +310,8 @@ def trained_blank_nlp(request, tiny_bert):
     optimizer = nlp.initialize(lambda: examples)
     if request.param == "tiny_bert":
         optimizer.learn_rate = 0.01
-    ner._assignments = {doc_key(eg.reference): int(doc_key(eg.reference).split(":")[1])
-                        for eg in examples}
+    ner.router.assignments = {doc_key(eg.reference): int(doc_key(eg.reference).split(":")[1])
+                              for eg in examples}
     for _ in range(60 if request.param == "cnn" else 40):
         nlp.update(examples, sgd=optimizer)
     return nlp
@@ -370,6 +373,7 @@ def test_blank_tokens_in_training_estep_and_teacher(trained_blank_nlp):
         make_examples(nlp, prefix="plain")
     event = ner.reassign_experts(corpus, nlp=nlp, step=1)
     assert event["n_docs"] == len(corpus) and sum(event["loads"]) == len(corpus)
+    teacher = ner.teacher
     try:
         event = ner.snapshot_teacher(corpus, nlp=nlp, step=1)
         n_visible = sum(len(_non_blank(e.predicted)) for e in corpus)
@@ -378,9 +382,8 @@ def test_blank_tokens_in_training_estep_and_teacher(trained_blank_nlp):
         assert not mask[[2, 5]].any()
         teacher_loss, _ = ner.get_loss([eg], scores)
         assert numpy.isfinite(teacher_loss)
-    finally:
-        ner._teacher = None  # the module's pipeline is shared by the other tests
-        ner._teacher_targets = {}
+    finally:  # the module's pipeline is shared by the other tests
+        ner.teacher = Teacher(teacher.labeller, ner.combine)
 
 
 @pytest.mark.parametrize("inner", ["reduce_first.v1", "reduce_last.v1", "reduce_max.v1",

@@ -1,4 +1,5 @@
-"""Hard-EM and fair assignment: Sinkhorn, balanced rounding, doc keys, expert separation."""
+"""Hard-EM and fair assignment: Sinkhorn, balanced rounding, the assigners and the router,
+doc keys, expert separation, the schedule's shared stage I."""
 import itertools
 import random
 
@@ -8,14 +9,21 @@ import spacy
 from spacy.tokens import DocBin
 from spacy.training import Example
 
-from spacy_bond_moe.callbacks import create_em_schedule
-from spacy_bond_moe.losses import expert_loss
+from spacy.util import registry
+from thinc.api import ConfigValidationError
+
+from spacy_bond_moe.callbacks import create_em_schedule_v2
 from spacy_bond_moe.em import (
-    DOC_ID_KEY, assign, balanced_random, doc_key, hash_expert, responsibilities, round_plan,
-    sinkhorn,
+    DOC_ID_KEY, Router, balanced_random, build_argmax_assigner_v1, build_sinkhorn_assigner_v1,
+    doc_key, hash_expert, round_plan, sinkhorn,
 )
+from spacy_bond_moe.losses import expert_loss
 
 from .conftest import cnn_moe_model, make_doc
+
+
+FAIR = build_sinkhorn_assigner_v1()
+ARGMAX = build_argmax_assigner_v1()
 
 
 def skewed_costs(n_docs=600, n_experts=3, seed=0):
@@ -41,9 +49,10 @@ def test_sinkhorn_is_stable_for_tiny_lambda():
 
 def test_balanced_argmax_on_skewed_matrix():
     costs = skewed_costs()
-    plain, _ = assign(costs, fair=False)
+    plain = ARGMAX(costs).experts
     assert numpy.bincount(plain, minlength=3)[0] > 0.6 * len(costs)  # skewed without fairness
-    fair, residual = assign(costs, fair=True)
+    result = FAIR(costs)
+    fair, residual = result.experts, result.residual
     loads = numpy.bincount(fair, minlength=3)
     assert loads.max() - loads.min() <= 1 and residual < 1e-6
 
@@ -55,7 +64,7 @@ def test_fair_assignment_keeps_clear_preferences():
     costs = rng.uniform(1.0, 1.1, size=(300, 3))
     costs[numpy.arange(300), best] -= 0.8
     costs[:, 1] -= 0.5  # a uniform advantage must not steal the others' documents
-    experts, _ = assign(costs, fair=True)
+    experts = FAIR(costs).experts
     assert (experts == best).mean() > 0.99
 
 
@@ -131,7 +140,7 @@ def test_em_separates_conflicting_labelers(seed):
                 assert max(event["loads"]) - min(event["loads"]) <= 1
             nlp.update(batch[i : i + 8], sgd=optimizer, drop=0.1)
             step += 1
-    experts = numpy.array([ner.expert_of(doc_key(eg.reference)) for eg in examples])
+    experts = numpy.array([ner.router.expert_of(doc_key(eg.reference)) for eg in examples])
     is_a = numpy.array([g == "A" for g in groups])
     purity = max((experts[is_a] == 0).mean() + (experts[~is_a] == 1).mean(),
                  (experts[is_a] == 1).mean() + (experts[~is_a] == 0).mean()) / 2
@@ -159,16 +168,17 @@ def test_entity_free_documents_fill_one_expert_unless_kept_out():
     costs[n_ent:] = rng.uniform(0.35, 0.45, size=(n_empty, 3))
     costs[n_ent:, 0] = 0.05  # the "O" expert fits entity-free documents best
     empty = numpy.arange(n_ent + n_empty) >= n_ent
-    experts, _ = assign(costs, fair=True)
+    experts = FAIR(costs).experts
     assert (experts[empty] == 0).sum() >= 95  # expert 0 is (nearly) all entity-free documents
     assert (experts[~empty] == 0).sum() <= 5
-    experts, residual = assign(costs, fair=True, active=~empty)
+    result = FAIR(costs, active=~empty)
+    experts, residual = result.experts, result.residual
     assert numpy.bincount(experts[empty], minlength=3).tolist() == [50, 50, 50]
     assert numpy.bincount(experts[~empty], minlength=3).tolist() == [50, 50, 50]
     assert residual < 1e-6
-    experts, _ = assign(costs, fair=False, active=~empty)
+    experts = ARGMAX(costs, active=~empty).experts
     assert numpy.bincount(experts[empty], minlength=3).tolist() == [50, 50, 50]
-    experts, _ = assign(costs, fair=True, active=numpy.zeros(len(costs), dtype=bool))
+    experts = FAIR(costs, active=numpy.zeros(len(costs), dtype=bool)).experts
     assert numpy.bincount(experts, minlength=3).tolist() == [100, 100, 100]
 
 
@@ -185,80 +195,156 @@ def entity_and_empty_examples(nlp, n_docs: int = 24):
 
 def test_estep_scope_entities_spreads_entity_free_documents():
     nlp = spacy.blank("en")
-    ner = nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(3), "estep_scope": "entities"})
+    ner = nlp.add_pipe("bond_moe_ner", config={
+        "model": cnn_moe_model(3),
+        "assigner": {"@misc": "spacy-bond-moe.sinkhorn_assigner.v1", "scope": "entities"}})
     examples = entity_and_empty_examples(nlp)
     nlp.initialize(lambda: examples)
     event = ner.reassign_experts(examples, nlp=nlp, step=1)
     assert event["n_docs"] == 48 and event["n_docs_with_entities"] == 24
     for prefix in ("e", "o"):
-        loads = numpy.bincount([ner.expert_of(f"{prefix}{i}") for i in range(24)], minlength=3)
+        loads = numpy.bincount([ner.router.expert_of(f"{prefix}{i}") for i in range(24)],
+                               minlength=3)
         assert loads.tolist() == [8, 8, 8]
 
 
-def test_estep_scope_rejects_unknown_value():
+@pytest.mark.parametrize("option,value", [("scope", "docs"), ("m_step", "average")])
+def test_assigner_rejects_unknown_choice(option, value):
+    """The config system itself rejects a bad choice, naming the option."""
     nlp = spacy.blank("en")
-    with pytest.raises(ValueError, match="estep_scope"):
-        nlp.add_pipe("bond_moe_ner", config={"estep_scope": "docs"})
+    bad = {"@misc": "spacy-bond-moe.sinkhorn_assigner.v1", option: value}
+    with pytest.raises(ConfigValidationError, match=rf"assigner -> {option}"):
+        nlp.add_pipe("bond_moe_ner", config={"assigner": bad})
 
 
-def test_shared_warmup_trains_every_expert_and_defers_the_estep():
-    """During `shared_warmup` updates every document's loss reaches all K experts and
-    E-steps are skipped; afterwards each document trains its assigned expert only."""
+def test_unknown_sub_config_name_is_a_registry_error():
+    nlp = spacy.blank("en")
+    with pytest.raises(Exception, match="spacy-bond-moe.fancy_assigner.v1"):
+        nlp.add_pipe("bond_moe_ner", config={"assigner": {"@misc": "spacy-bond-moe.fancy_assigner.v1"}})
+    assert registry.misc.get("spacy-bond-moe.argmax_assigner.v1") is build_argmax_assigner_v1
+
+
+def test_shared_stage_trains_every_expert_and_defers_the_estep():
+    """While `shared_steps` lasts, every document's loss reaches all K experts and the
+    schedule runs no E-step; afterwards each document trains its assigned expert only."""
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
-    ner = nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(3), "shared_warmup": 2})
+    ner = nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(3)})
     examples = entity_and_empty_examples(nlp, n_docs=6)
     optimizer = nlp.initialize(lambda: examples)
-    schedule = create_em_schedule("bond_moe_ner", lambda _: examples, 1, 0, 0)
+    schedule = create_em_schedule_v2("bond_moe_ner", lambda _: examples, 1, 0, 0, shared_steps=2)
 
     def touched_experts(eg):
         scores = ner.model.predict([eg.predicted])
         _, grads = ner.get_loss([eg], scores)
         return [k for k in range(3) if grads[0][:, k].any()]
 
+    initial = dict(ner.router.assignments)  # the balanced random routing of initialize()
     for step in range(4):
         schedule(nlp, {"step": step})
         if step < 2:
-            initial = dict(ner._assignments)  # the balanced random routing of initialize()
-            assert ner.in_shared_warmup
-            assert ner.reassign_experts(examples, nlp=nlp, step=step) == {}
-            assert ner._assignments == initial
+            assert not ner.route_updates
+            assert ner.router.assignments == initial
             assert touched_experts(examples[0]) == [0, 1, 2]
         else:
-            assert not ner.in_shared_warmup
-            assert touched_experts(examples[0]) == [ner.expert_of(doc_key(examples[0].reference))]
+            assert ner.route_updates
+            assert touched_experts(examples[0]) == [ner.router.expert_of(doc_key(examples[0].reference))]
         nlp.update(examples, sgd=optimizer)
     estep_steps = [e["step"] for e in ner.pop_events() if e["event"] == "estep"]
     assert estep_steps == [2, 3]
 
 
-def test_shared_warmup_rejects_negative_value():
+def test_schedule_counts_optimizer_steps_with_accumulated_gradients():
+    """One clock: with accumulate_gradient = 2 (two `update` calls per step) the shared
+    stage, E-steps and teacher still switch at optimizer steps."""
+    from spacy.training.loop import train_while_improving
+
     nlp = spacy.blank("en")
-    with pytest.raises(ValueError, match="shared_warmup"):
-        nlp.add_pipe("bond_moe_ner", config={"shared_warmup": -1})
+    ner = nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(2)})
+    examples = entity_and_empty_examples(nlp, n_docs=8)
+    seen = []
+    calls = []
+    original_update = ner.update
+
+    def update(batch, **kwargs):
+        calls.append(ner.route_updates)
+        return original_update(batch, **kwargs)
+
+    ner.update = update
+    schedule = create_em_schedule_v2("bond_moe_ner", lambda _: examples, 2, 4, 0, shared_steps=3)
+
+    def before_update(nlp, args):
+        schedule(nlp, args)
+        seen.append((args["step"], ner.route_updates))
+
+    nlp.initialize(lambda: examples)
+    batches = [(0, examples[i : i + 4]) for i in range(0, 16, 4)] * 2
+    steps = train_while_improving(
+        nlp, nlp.create_optimizer(), iter(batches), evaluate=lambda: (0.0, {}), dropout=0.0,
+        accumulate_gradient=2, patience=0, max_steps=5, eval_frequency=100, exclude=[],
+        annotating_components=[], before_update=before_update)
+    for _ in steps:
+        pass
+    assert seen == [(0, False), (1, False), (2, False), (3, True), (4, True), (5, True)]
+    assert calls == [False] * 6 + [True] * 6  # two update calls per optimizer step
+    events = ner.pop_events()
+    assert [(e["event"], e["step"]) for e in events] == [("teacher", 4), ("estep", 4)]
 
 
 @pytest.mark.parametrize("fair", [True, False])
 def test_responsibilities_rows_and_balance(fair):
     costs = skewed_costs(n_docs=300)
-    weights = responsibilities(costs, fair=fair, lam=0.1)
+    build = build_sinkhorn_assigner_v1 if fair else build_argmax_assigner_v1
+    soft = build(m_step="soft")
+    result = soft(costs)
+    weights = result.weights
     assert weights.shape == (300, 3) and numpy.allclose(weights.sum(axis=1), 1.0)
     share = weights.mean(axis=0)
     if fair:  # Sinkhorn: every expert holds a third of the mass
         assert numpy.allclose(share, 1 / 3, atol=1e-5)
     else:  # softmax of the costs: expert 0's uniform advantage takes most of it
         assert share[0] > 0.6
-    hard = assign(costs, fair=fair)[0]
+    hard = build()(costs).experts
     assert (weights.argmax(axis=1) == hard).mean() > 0.9
-    spread = responsibilities(costs, fair=fair, active=numpy.arange(300) < 100)
+    assert (result.experts == hard).all()  # one E-step yields both, from one Sinkhorn run
+    spread = soft(costs, active=numpy.arange(300) < 100).weights
     assert numpy.allclose(spread[100:], 1 / 3)
+
+
+def test_soft_estep_runs_sinkhorn_once(monkeypatch):
+    from spacy_bond_moe import em
+
+    calls = []
+    original = em.sinkhorn
+    monkeypatch.setattr(em, "sinkhorn", lambda *a, **k: calls.append(1) or original(*a, **k))
+    build_sinkhorn_assigner_v1(m_step="soft")(skewed_costs(n_docs=30))
+    assert len(calls) == 1
+
+
+def test_router_deals_routes_and_logs():
+    router = Router(3, build_sinkhorn_assigner_v1(m_step="soft"))
+    keys = [f"d{i}" for i in range(30)]
+    router.deal(reversed(keys))  # sorted: the same dealing whatever the corpus order
+    dealt = dict(router.assignments)
+    router.deal(keys)
+    assert router.assignments == dealt
+    assert numpy.bincount(list(dealt.values()), minlength=3).tolist() == [10, 10, 10]
+    assert router.weights_of("d0") is None  # no E-step yet: hard routing
+    assert router.expert_of("unseen") == hash_expert("unseen", 3)
+    costs = skewed_costs(n_docs=30)
+    event = router.estep(keys, costs, numpy.ones(30, dtype=bool), step=7)
+    assert event["loads"] == [10, 10, 10] and event["n_docs"] == 30 and event["step"] == 7
+    assert event["changed"] == sum(dealt[k] != router.expert_of(k) for k in keys)
+    assert router.prior == pytest.approx([1 / 3] * 3)
+    assert router.weights_of("d0").shape == (3,) and "mean_max_responsibility" in event
 
 
 def test_soft_m_step_spreads_each_document_over_the_experts():
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
-    ner = nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(3), "m_step": "soft",
-                                               "sinkhorn_lambda": 10.0})
+    ner = nlp.add_pipe("bond_moe_ner", config={
+        "model": cnn_moe_model(3),
+        "assigner": {"@misc": "spacy-bond-moe.sinkhorn_assigner.v1", "m_step": "soft", "lam": 10.0}})
     examples = entity_and_empty_examples(nlp, n_docs=6)
     nlp.initialize(lambda: examples)
     eg = examples[0]
@@ -268,15 +354,9 @@ def test_soft_m_step_spreads_each_document_over_the_experts():
     assert 1 / 3 <= event["mean_max_responsibility"] < 0.5  # a large lambda: nearly uniform
     scores = ner.model.predict([eg.predicted])
     _, grads = ner.get_loss([eg], scores)
-    weights = ner._responsibilities[doc_key(eg.reference)]
+    weights = ner.router.weights_of(doc_key(eg.reference))
     q, mask = ner.targets([eg])[0]
     mask_arr = mask.astype("float32")[:, None]
     expected = sum(w * expert_loss(scores[0], k, q, mask_arr)[1] for k, w in enumerate(weights))
     assert numpy.allclose(grads[0], expected / mask.sum(), atol=1e-7)
     assert all(grads[0][:, k].any() for k in range(3))
-
-
-def test_m_step_rejects_unknown_value():
-    nlp = spacy.blank("en")
-    with pytest.raises(ValueError, match="m_step"):
-        nlp.add_pipe("bond_moe_ner", config={"m_step": "average"})

@@ -14,6 +14,7 @@ import pytest
 import spacy
 from spacy.tokens import DocBin
 from typer.testing import CliRunner
+from weasel.util import split_command
 
 from spacy_bond_moe import fetch
 from spacy_bond_moe.cli import app
@@ -305,6 +306,15 @@ def test_project_yml_commands_and_workflows(tmp_path):
     for flag in ("--training.max_steps 600", "--training.before_update.teacher_start 300",
                  "--components.bond_moe_ner.model.n_experts 3", "--system.seed 0", "--gpu-id -1"):
         assert flag in train
+    args = split_command(train)
+    labeller = json.loads(args[args.index("--components.bond_moe_ner.pseudo_labeller") + 1])
+    assert labeller == {"@misc": "spacy-bond-moe.soft_pseudo_labels.v1", "power": 2.0, "threshold": 0.9}
+    assert args[args.index("--training.logger.events_path") + 1] == \
+        "training/webpage-minilm/bond_moe_events.jsonl"
+    hard = load_project(tmp_path, {"vars.pseudo_labeller": r'{\"@misc\":\"spacy-bond-moe.hard_pseudo_labels.v1\"}'})
+    hard_args = split_command({c["name"]: c for c in hard["commands"]}["train"]["script"][0])
+    assert json.loads(hard_args[hard_args.index("--components.bond_moe_ner.pseudo_labeller") + 1]) == \
+        {"@misc": "spacy-bond-moe.hard_pseudo_labels.v1"}
     for dataset, source in fetch.CONVERT_SOURCES.items():
         assert f"convert assets/{source} corpus/{dataset} " in commands[f"convert-{dataset}"]["script"][0]
     assert commands["convert"]["deps"] == ["assets/bond/webpage_distant"]

@@ -2,7 +2,9 @@
 import numpy
 import pytest
 
-from spacy_bond_moe.losses import expert_loss, generalized_cross_entropy, soft_cross_entropy
+from spacy_bond_moe.losses import (
+    build_cross_entropy_v1, build_gce_v1, expert_loss, generalized_cross_entropy, soft_cross_entropy,
+)
 
 
 def softmax(z):
@@ -58,16 +60,30 @@ def test_expert_loss_only_touches_assigned_expert():
     assert (grad[:, 0] == 0).all() and (grad[:, 2] == 0).all() and grad[:, 1].any()
 
 
-@pytest.mark.parametrize("gce_q", [0.0, 0.7])
-def test_shared_expert_loss_is_the_mean_over_experts(gce_q):
+@pytest.mark.parametrize("distant_loss", [build_cross_entropy_v1(), build_gce_v1(q=0.7)])
+def test_shared_expert_loss_is_the_mean_over_experts(distant_loss):
+    token_loss = distant_loss.token_loss
     logits = numpy.stack([Z, Z * 2, -Z], axis=1)  # (n, K=3, C)
     onehot = numpy.eye(3)[[0, 1, 2]]
 
     def shared(z):
-        return expert_loss(softmax(z), None, onehot, MASK, gce_q)[0]
+        return expert_loss(softmax(z), None, onehot, MASK, token_loss)[0]
 
-    loss, grad = expert_loss(softmax(logits), None, onehot, MASK, gce_q)
-    each = [expert_loss(softmax(logits), k, onehot, MASK, gce_q)[0] for k in range(3)]
+    loss, grad = expert_loss(softmax(logits), None, onehot, MASK, token_loss)
+    each = [expert_loss(softmax(logits), k, onehot, MASK, token_loss)[0] for k in range(3)]
     assert loss == pytest.approx(sum(each) / 3)
     assert numpy.allclose(grad, numeric_grad(shared, logits), atol=1e-5)
     assert all(grad[:2, k].any() for k in range(3)) and (grad[2] == 0).all()
+
+
+def test_o_drop_keeps_entity_tokens_and_draws_anew():
+    loss = build_cross_entropy_v1(o_drop=0.5)
+    ids = numpy.array([0] * 200 + [1] * 20)
+    mask = numpy.ones(220, dtype=bool)
+    first, second = loss.supervised(ids, mask), loss.supervised(ids, mask)
+    assert first[200:].all() and 0.35 < first[:200].mean() < 0.65
+    assert not numpy.array_equal(first, second)
+    assert build_cross_entropy_v1().supervised(ids, mask) is mask
+    for bad in (lambda: build_cross_entropy_v1(o_drop=1.0), lambda: build_gce_v1(q=0.0)):
+        with pytest.raises(ValueError):
+            bad()

@@ -3,7 +3,12 @@ import numpy
 import pytest
 import spacy
 
-from spacy_bond_moe.teacher import class_frequencies, hard_labels, soft_labels
+from spacy_bond_moe.em import doc_key
+from spacy_bond_moe.tags import blank_mask
+from spacy_bond_moe.teacher import (
+    Teacher, build_hard_pseudo_labels_v1, build_soft_pseudo_labels_v1, class_frequencies,
+    hard_labels, soft_labels,
+)
 
 from .conftest import make_examples, trf_tok2vec_config
 
@@ -48,21 +53,21 @@ def test_teacher_frozen_then_equal_after_refresh(encoder, tiny_bert):
     for _ in range(3):
         nlp.update(examples, sgd=optimizer)
     event = ner.snapshot_teacher(examples, nlp=nlp, step=3)
-    assert event["n_docs"] == len(examples) and ner.teacher is not None
-    teacher_before = [p.copy() for p in ner.teacher.predict(docs)]
+    assert event["n_docs"] == len(examples) and ner.teacher.active
+    teacher_before = [p.copy() for p in ner.teacher.model.predict(docs)]
     assert all(numpy.allclose(a, b, atol=1e-6) for a, b in zip(teacher_before, ner.model.predict(docs)))
     for _ in range(5):
         nlp.update(examples, sgd=optimizer)
     student = ner.model.predict(docs)
-    teacher_after = ner.teacher.predict(docs)
+    teacher_after = ner.teacher.model.predict(docs)
     assert all(numpy.array_equal(a, b) for a, b in zip(teacher_before, teacher_after))
     assert not all(numpy.allclose(a, b, atol=1e-4) for a, b in zip(student, teacher_after))
-    teacher_obj = ner.teacher
+    teacher_model = ner.teacher.model
     ner.snapshot_teacher(examples, nlp=nlp, step=8)
-    assert ner.teacher is teacher_obj  # refreshed in place
-    refreshed = ner.teacher.predict(docs)
+    assert ner.teacher.model is teacher_model  # refreshed in place
+    refreshed = ner.teacher.model.predict(docs)
     assert all(numpy.allclose(a, b, atol=1e-6) for a, b in zip(student, refreshed))
-    assert ner.teacher_age(10) == 2
+    assert ner.teacher.age(10) == 2
 
 
 def test_student_trains_on_teacher_targets():
@@ -71,10 +76,9 @@ def test_student_trains_on_teacher_targets():
         nlp.update(examples, sgd=optimizer)
     ner.snapshot_teacher(examples, nlp=nlp, step=10)
     targets = ner.targets(examples)
-    distant = []
-    ner_teacher, ner._teacher = ner._teacher, None
+    ner_teacher, ner.teacher = ner.teacher, Teacher(ner.teacher.labeller, ner.combine)
     distant = ner.targets(examples)
-    ner._teacher = ner_teacher
+    ner.teacher = ner_teacher
     # Teacher targets are soft distributions with a confidence mask, not the distant one-hots.
     for (q, keep), (d, _) in zip(targets, distant):
         assert q.sum(axis=1) == pytest.approx(numpy.ones(len(q)), abs=1e-2)
@@ -86,9 +90,53 @@ def test_student_trains_on_teacher_targets():
 
 
 def test_unknown_docs_get_teacher_predictions_on_the_fly():
+    """Documents outside the snapshot corpus get the teacher's labels, predicted then by the
+    frozen teacher (not the student, not the distant labels)."""
     nlp, ner, examples, optimizer = build(CNN)
+    for _ in range(10):
+        nlp.update(examples, sgd=optimizer)
+    distant = ner.targets(examples)
     ner.snapshot_teacher(examples[:2], nlp=nlp, step=0)
-    assert len(ner._teacher_targets) == 2
+    assert len(ner.teacher.targets) == 2
+    for _ in range(10):  # the student moves away from the teacher
+        nlp.update(examples, sgd=optimizer)
     targets = ner.targets(examples)
     assert len(targets) == len(examples)
-    assert all(q.shape == (len(eg.predicted), len(ner.tags)) for (q, _), eg in zip(targets, examples))
+    teacher, labeller = ner.teacher, ner.teacher.labeller
+    for (q, keep), (d, _), eg in zip(targets[2:], distant[2:], examples[2:]):
+        doc = eg.predicted
+        expected_q, expected_keep = labeller(ner.combine(teacher.model.predict([doc])[0]), teacher.freq)
+        assert numpy.allclose(q, expected_q, atol=1e-6) and (keep == expected_keep).all()
+        student_q, _ = labeller(ner.combine(ner.model.predict([doc])[0]), teacher.freq)
+        assert not numpy.allclose(q, student_q, atol=1e-3)
+        assert not numpy.allclose(q, d, atol=1e-3)
+    cached_q, _ = teacher.targets[doc_key(examples[0].reference)]
+    assert numpy.array_equal(targets[0][0], cached_q.astype("float32"))
+
+
+def test_teacher_object_lifecycle():
+    """Inactive until the first snapshot; class frequencies over the corpus; blank tokens
+    never kept; hard labels keep every other token."""
+    nlp, ner, examples, _ = build(CNN)
+    teacher = Teacher(build_hard_pseudo_labels_v1(), ner.combine)
+    assert not teacher.active and teacher.age(5) is None
+    doc = nlp.make_doc("Paris is\n\nbig .")
+    batches = [(["a", "b"], [examples[0].predicted, doc])]
+    event = teacher.snapshot(ner.model, batches, len(ner.tags), step=4)
+    assert teacher.active and teacher.age(9) == 5 and event["n_docs"] == 2
+    n_visible = len(examples[0].predicted) + 4
+    assert event["n_tokens"] == n_visible and event["kept_fraction"] == pytest.approx(1.0)
+    mixture = ner.combine(ner.model.predict([doc])[0])
+    assert teacher.freq.sum() == pytest.approx(
+        ner.combine(ner.model.predict([examples[0].predicted])[0]).sum() + mixture[~blank_mask(doc)].sum(),
+        rel=1e-5)
+    q, keep = teacher.targets["b"]
+    assert keep.tolist() == [True, True, False, True, True]
+    soft = build_soft_pseudo_labels_v1(power=2.0, threshold=0.5)
+    assert soft(mixture, teacher.freq)[0] == pytest.approx(soft_labels(mixture, teacher.freq, 2.0, 0.5)[0])
+
+
+@pytest.mark.parametrize("args", [{"threshold": 1.5}, {"threshold": -0.1}, {"power": 0.0}])
+def test_soft_pseudo_labels_reject_bad_values(args):
+    with pytest.raises(ValueError, match="pseudo-label"):
+        build_soft_pseudo_labels_v1(**args)

@@ -9,12 +9,14 @@ import pytest
 import spacy
 from spacy.tokens import DocBin
 
-from spacy_bond_moe.loggers import cli_output_dir
-
 from .conftest import TRAIN_DATA, make_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["cnn", "minilm", "roberta", "spacy_ner_minilm", "spacy_ner_cnn"]
+MISC = ["spacy-bond-moe.transformer_name.v1", "spacy-bond-moe.sinkhorn_assigner.v1",
+        "spacy-bond-moe.argmax_assigner.v1", "spacy-bond-moe.soft_pseudo_labels.v1",
+        "spacy-bond-moe.hard_pseudo_labels.v1", "spacy-bond-moe.cross_entropy.v1",
+        "spacy-bond-moe.gce.v1"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,10 @@ SCHEDULE = ["--training.max_steps", "24", "--training.eval_frequency", "8",
             "--training.before_update.teacher_refresh", "6"]
 
 
+def events_flag(out: Path) -> list:
+    return ["--training.logger.events_path", str(out / "bond_moe_events.jsonl")]
+
+
 def check_run(out: Path, proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[bond_moe] E-step @ step 6" in proc.stdout
@@ -57,7 +63,7 @@ def test_spacy_train_cnn_and_evaluate(toy_corpus, tmp_path):
     out = tmp_path / "out"
     proc = spacy_cli("train", "configs/cnn.cfg", "-o", str(out), "--paths.train",
                      str(toy_corpus / "train.spacy"), "--paths.dev", str(toy_corpus / "dev.spacy"),
-                     *SCHEDULE)
+                     *SCHEDULE, *events_flag(out))
     check_run(out, proc)
     metrics = tmp_path / "metrics.json"
     proc = spacy_cli("evaluate", str(out / "model-last"), str(toy_corpus / "dev.spacy"), "--output", str(metrics))
@@ -73,7 +79,7 @@ def test_spacy_train_tiny_transformer(toy_corpus, tmp_path, tiny_bert):
     out = tmp_path / "out"
     proc = spacy_cli("train", "configs/minilm.cfg", "-o", str(out), "--paths.train",
                      str(toy_corpus / "train.spacy"), "--paths.dev", str(toy_corpus / "dev.spacy"),
-                     "--paths.transformer", str(tiny_bert), *SCHEDULE)
+                     "--paths.transformer", str(tiny_bert), *SCHEDULE, *events_flag(out))
     check_run(out, proc)
     nlp = spacy.load(out / "model-last")
     assert nlp("Paris is big .")._.bond_moe_expert in {0, 1, 2}
@@ -97,9 +103,11 @@ def test_registered_names_resolve():
 
     assert registry.architectures.get("spacy-bond-moe.MoETagger.v1")
     assert registry.callbacks.get("spacy-bond-moe.em_schedule.v1")
+    assert registry.callbacks.get("spacy-bond-moe.em_schedule.v2")
     assert registry.loggers.get("spacy-bond-moe.ConsoleLogger.v1")
-    assert registry.scorers.get("spacy-bond-moe.ner_scorer.v1")
-    assert registry.misc.get("spacy-bond-moe.transformer_name.v1")
+    assert registry.layers.get("spacy-bond-moe.empty_safe_pooling.v1")
+    for name in MISC:
+        assert registry.misc.get(name)
     assert "bond_moe_ner" in spacy.blank("en").factory_names
 
 
@@ -108,13 +116,13 @@ def test_entry_points_declared():
 
     groups = {g: {ep.name for ep in entry_points(group=g)} for g in
               ("spacy_factories", "spacy_architectures", "spacy_callbacks", "spacy_loggers",
-               "spacy_scorers", "spacy_misc")}
+               "spacy_misc", "thinc_layers")}
     assert "bond_moe_ner" in groups["spacy_factories"]
     assert "spacy-bond-moe.MoETagger.v1" in groups["spacy_architectures"]
-    assert "spacy-bond-moe.em_schedule.v1" in groups["spacy_callbacks"]
+    assert {"spacy-bond-moe.em_schedule.v1", "spacy-bond-moe.em_schedule.v2"} <= groups["spacy_callbacks"]
     assert "spacy-bond-moe.ConsoleLogger.v1" in groups["spacy_loggers"]
-    assert "spacy-bond-moe.ner_scorer.v1" in groups["spacy_scorers"]
-    assert "spacy-bond-moe.transformer_name.v1" in groups["spacy_misc"]
+    assert set(MISC) <= groups["spacy_misc"]
+    assert "spacy-bond-moe.empty_safe_pooling.v1" in groups["thinc_layers"]
 
 
 def test_transformer_name_defaults_to_embedded_minilm():
@@ -125,7 +133,14 @@ def test_transformer_name_defaults_to_embedded_minilm():
     assert transformer_name_v1("roberta-base") == "roberta-base"
 
 
-def test_cli_output_dir():
-    assert cli_output_dir(["spacy", "train", "c.cfg", "-o", "out"]) == Path("out")
-    assert cli_output_dir(["spacy", "train", "c.cfg", "--output=x"]) == Path("x")
-    assert cli_output_dir(["pytest"]) is None
+def test_training_from_python_writes_the_events_file(toy_corpus, tmp_path):
+    """`spacy.cli.train.train(...)` from Python logs events like `spacy train` (no argv)."""
+    from spacy.cli.train import train
+
+    out = tmp_path / "out"
+    overrides = {"paths.train": str(toy_corpus / "train.spacy"), "paths.dev": str(toy_corpus / "dev.spacy"),
+                 "training.logger.events_path": str(out / "events.jsonl"),
+                 **{k.lstrip("-"): int(v) for k, v in zip(SCHEDULE[::2], SCHEDULE[1::2])}}
+    train(ROOT / "configs" / "cnn.cfg", out, overrides=overrides)
+    kinds = {json.loads(line)["event"] for line in (out / "events.jsonl").read_text().splitlines()}
+    assert kinds == {"estep", "teacher", "eval"}
