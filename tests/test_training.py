@@ -144,3 +144,15 @@ def test_training_from_python_writes_the_events_file(toy_corpus, tmp_path):
     train(ROOT / "configs" / "cnn.cfg", out, overrides=overrides)
     kinds = {json.loads(line)["event"] for line in (out / "events.jsonl").read_text().splitlines()}
     assert kinds == {"estep", "teacher", "eval"}
+
+
+def test_sub_config_blocks_swap_and_bad_choices_on_the_command_line(toy_corpus):
+    paths = ["--paths.train", str(toy_corpus / "train.spacy"), "--paths.dev", str(toy_corpus / "dev.spacy")]
+    swapped = ["--components.bond_moe_ner.assigner", '{"@misc": "spacy-bond-moe.argmax_assigner.v1"}',
+               "--components.bond_moe_ner.pseudo_labeller", '{"@misc": "spacy-bond-moe.hard_pseudo_labels.v1"}',
+               "--components.bond_moe_ner.distant_loss", '{"@misc": "spacy-bond-moe.gce.v1", "q": 0.7}']
+    proc = spacy_cli("debug", "config", "configs/cnn.cfg", *paths, *swapped)
+    assert proc.returncode == 0 and "Config is valid" in proc.stdout, proc.stdout + proc.stderr
+    proc = spacy_cli("debug", "config", "configs/cnn.cfg", *paths, "--components.bond_moe_ner.assigner.scope", "docs")
+    assert proc.returncode != 0
+    assert "assigner -> scope" in proc.stdout + proc.stderr and "'all', 'entities'" in proc.stdout + proc.stderr
