@@ -35,6 +35,7 @@ from .fetch import (
 )
 from .kb_packs import PACKS, build_kb
 from .rules import RULES
+from .upgrade import upgrade_pipeline
 
 app = typer.Typer(
     help="spacy-bond-moe: distantly supervised NER with spaCy.",
@@ -317,3 +318,18 @@ def build_kb_command(
         written = ", ".join(f"{label} {n}" for label, n in by_label.items())
         skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(stats.skipped.get(pack, {}).items()))
         typer.echo(f"  {pack} ({PACKS[pack].requirements}): {written}; skipped: {skipped or 'none'}")
+
+
+@app.command()
+def upgrade(
+    model: Path = typer.Argument(..., help="A pipeline saved by spacy-bond-moe 0.1."),
+    output: Path = typer.Argument(..., help="Where to write the upgraded pipeline (must not exist)."),
+) -> None:
+    """Rewrite a 0.1 pipeline's bond_moe_ner options as 0.2 sub-config blocks (no retraining)."""
+    try:
+        names = upgrade_pipeline(model, output)
+    except (ValueError, OSError) as err:
+        typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    done = ", ".join(names) if names else "nothing to upgrade (already 0.2)"
+    typer.echo(f"{model} -> {output}: {done}")
