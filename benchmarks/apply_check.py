@@ -80,10 +80,11 @@ def compare_collapsed(nlp, texts: List[str]) -> Dict[str, object]:
 
 def apply(model: str, src: Path, dest: Path, *extra: str) -> Dict[str, object]:
     command = [sys.executable, "-m", "spacy", "apply", model, str(src), str(dest), *extra]
+    dest.unlink(missing_ok=True)  # a rerun must not count an earlier run's output
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
-        print(proc.stderr[-2000:], file=sys.stderr)
+        print((proc.stdout + proc.stderr)[-2000:], file=sys.stderr)
     return {"command": " ".join(["python", "-m", "spacy", "apply", model, str(src), str(dest), *extra]),
             "exit_code": proc.returncode, "seconds": round(time.perf_counter() - started, 1)}
 
