@@ -153,6 +153,25 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
     return lines
 
 
+def inference_section(data: Optional[Dict[str, Any]]) -> List[str]:
+    """Inference words/s side by side (benchmarks/inference_speed.py)."""
+    lines = ["## Inference speed side by side", ""]
+    if data is None:
+        return lines + [NOT_RUN, ""]
+    load = data["machine"]
+    commit = ((data.get("git") or {}).get("commit") or "?")[:10]
+    lines += [f"`{data['command']}` → `{data['_file']}` (commit {commit}): {data['n_docs']} docs / "
+              f"{data['n_words']} words of `{data['data']}`, median of {data['repeats']} timed passes "
+              f"after a warm-up, one process, load average {load.get('loadavg_at_start')} → "
+              f"{load.get('loadavg_at_end')}.", ""]
+    rows = [[f"`{name}`", str(row["batch_size"]), fmt_num(row["words_per_s"]["median"], 0),
+             fmt_num(row["words_per_s"]["min"], 0), fmt_num(row["words_per_s"]["max"], 0)]
+            for name, row in data["rows"].items()]
+    lines += table(["pipeline", "batch size", "words/s (median)", "min", "max"], rows) + [""]
+    rows = [[name, fmt_num(value, 3)] for name, value in data["ratios"].items()]
+    return lines + table(["ratio of medians", "value"], rows) + [""]
+
+
 class Analysis(NamedTuple):
     """One `experts__<run>__<split>.json`, the run JSON it belongs to, and whether it is stale."""
     path: Path
@@ -674,7 +693,8 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
                  quality: Optional[Dict[str, Any]] = None, scale: Optional[Dict[str, Any]] = None,
                  speed: Optional[Dict[str, Any]] = None, profile: Optional[Dict[str, Any]] = None,
                  test_quality: Optional[Dict[str, Any]] = None, out_results: Optional[Path] = None,
-                 tokens: Optional[Dict[str, Any]] = None) -> str:
+                 tokens: Optional[Dict[str, Any]] = None,
+                 inference: Optional[Dict[str, Any]] = None) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
     selected = {r["_file"] for group in main.values() for r in group}
@@ -762,6 +782,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     lines += tokenization_section(tokens, analyses)
     lines += labels_section(runs, quality, scale, test_quality)
     lines += speed_section(speed, profile)
+    lines += inference_section(inference)
 
     # Speed / memory
     lines += ["## Speed and memory (per run)", "",
@@ -866,7 +887,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         profile=load_extra(args.results, "profile_experts.json"),
                         test_quality=load_extra(args.results, "label_quality__conll03_test.json"),
                         out_results=args.results if args.results.is_dir() else None,
-                        tokens=load_extra(args.results, "tokenization.json"))
+                        tokens=load_extra(args.results, "tokenization.json"),
+                        inference=load_extra(args.results, "inference_speed__conll03.json"))
     write_text_atomic(out, text + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return 0

@@ -1,6 +1,7 @@
 """Registered model architectures: a tok2vec encoder (shared or per expert) + K expert heads."""
 import copy
-from typing import Callable, List, Optional, Tuple
+import random
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy
 from spacy.tokens import Doc
@@ -13,6 +14,9 @@ from .util import set_fresh_ids
 
 # Encoders that read annotations an upstream component set on the very same Doc objects.
 LISTENER_NAMES = ("tok2vec-listener", "transformer-listener")
+# Padded tokens per encoder call at prediction: the best of 256-2048 for MiniLM on CoNLL03 test
+# (2-core CPU), and no slower for the CNN encoder (benchmarks/README.md, "Inference speed").
+PREDICT_TOKENS = 512
 
 EXPERT_MODES = ("shared", "separate")
 
@@ -91,6 +95,38 @@ def encoder_inputs(docs: List[Doc], compact: bool) -> Tuple[List[Doc], List[Opti
         kept.append(numpy.flatnonzero(~blank))
         inputs.append(without_blanks(doc, blank) if compact else doc)
     return inputs, kept
+
+
+def length_groups(lengths: Sequence[int], budget: int) -> List[List[int]]:
+    """Indices grouped by length, shortest first; a group grows while its size times its
+    longest length stays within `budget` tokens (at least one index per group)."""
+    groups: List[List[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if groups and (len(groups[-1]) + 1) * max(lengths[i], 1) <= budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def predict_in_length_groups(model: Model, docs: List[Doc], budget: int) -> List[Floats3d]:
+    """`model.predict(docs)` in groups of similar length, in the docs' order: an encoder
+    pads every call to its longest input, so mixed lengths in one call mostly compute
+    padding (a listener encoder, bound to its upstream batch, gets the docs at once)."""
+    if _is_listener(model.layers[0]):
+        return model.predict(docs)
+    output: List[Optional[Floats3d]] = [None] * len(docs)
+    after_one_call = None
+    for group in length_groups([len(doc) for doc in docs], budget):
+        for i, probs in zip(group, model.predict([docs[i] for i in group])):
+            output[i] = probs
+        after_one_call = after_one_call or random.getstate()
+    # spacy-transformers draws from Python's global `random` once per forward pass
+    # (`maybe_flush_pytorch_cache`), which also shuffles spaCy's training batches: leave the
+    # stream as one call would, so that how a batch is split never changes a training run.
+    if after_one_call is not None:
+        random.setstate(after_one_call)
+    return output  # type: ignore[return-value]
 
 
 def _is_listener(tok2vec: Model) -> bool:

@@ -13,6 +13,7 @@ from thinc.api import Config, Model, Optimizer, set_dropout_rate
 from thinc.types import Floats3d
 
 from . import em
+from .architectures import PREDICT_TOKENS, predict_in_length_groups
 from .losses import (
     EPS,
     DistantLoss,
@@ -113,6 +114,8 @@ class BondMoENER(TrainablePipe):
     Training-only state (never serialised): `router` (routing of training documents),
     `teacher` (self-training) and `route_updates`, which the schedule callback
     (`spacy-bond-moe.em_schedule.v2`) switches off for a shared stage I.
+    `predict_tokens` (not serialised either): the padded-token budget of one encoder call
+    at prediction (a GPU may want more).
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class BondMoENER(TrainablePipe):
         self.teacher = Teacher(pseudo_labeller or build_soft_pseudo_labels_v1(), self.combine)
         self.distant_loss = distant_loss or build_cross_entropy_v1()
         self.route_updates = True
+        self.predict_tokens = PREDICT_TOKENS
         self._events: List[Dict[str, Any]] = []
         install_extensions()
 
@@ -221,11 +225,13 @@ class BondMoENER(TrainablePipe):
 
     # ---------------------------------------------------------------- predict
     def predict(self, docs: Iterable[Doc]) -> List[Floats3d]:
+        """(n_tokens, K, C) probabilities per doc, encoded in groups of similar length
+        (`architectures.predict_in_length_groups`, at most `predict_tokens` padded tokens)."""
         docs = list(docs)
         if not any(len(doc) for doc in docs):
             n_tags = len(self.tags)
             return [self.model.ops.alloc3f(len(doc), self.n_experts, n_tags) for doc in docs]
-        return self.model.predict(docs)
+        return predict_in_length_groups(self.model, docs, self.predict_tokens)
 
     def combine(self, probs: Floats3d) -> numpy.ndarray:
         """Mixture over experts of one document's (n, K, C) probabilities -> (n, C)."""
@@ -397,7 +403,9 @@ class BondMoENER(TrainablePipe):
         rows: List[numpy.ndarray] = []
         has_entity: List[bool] = []
         for batch_keys, batch in self._corpus_batches(examples, nlp, batch_size):
-            probs = self.predict([eg.predicted for eg in batch])
+            # one encoder call per length-sorted batch, as in 0.1: finer length groups would
+            # change the E-step's float noise, hence training (`predict` groups at inference)
+            probs = self.model.predict([eg.predicted for eg in batch])
             for p, (q, mask) in zip(probs, self.targets(batch)):
                 nll = token_nll(self.model.ops.to_numpy(p), q)  # (n, K)
                 n_kept = int(mask.sum())

@@ -269,6 +269,13 @@ def test_report_label_section_pairs_conll03_runs(tmp_path):
     assert "| `bond_moe_cnn` | 1 |" not in section
 
 
+def report_section(results: Path, title: str, end: str) -> str:
+    """Run report.py on `results` and return the text between `title` and `end`."""
+    out = results.parent / "RESULTS.md"
+    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
+    return out.read_text().split(title)[1].split(end)[0]
+
+
 def test_report_speed_section(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
@@ -283,9 +290,7 @@ def test_report_speed_section(tmp_path):
              "variants": {"k1": variant(300.0, None), "k3_shared": variant(250.0, 2.0)},
              "targets": {"train_wps_k3_shared_over_k1": {"value": 0.833, "target": ">= 0.87", "met": False}}}
     (results / "speed__webpage__minilm.json").write_text(json.dumps(speed))
-    out = tmp_path / "RESULTS.md"
-    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
-    section = out.read_text().split("## Speed and memory of the K experts")[1].split("## Speed and memory (per run)")[0]
+    section = report_section(results, "## Speed and memory of the K experts", "## Speed and memory (per run)")
     assert "| `k3_shared` | 250 | 1.000 | 0.100 | 2.00 | 10.0% | 2.00 | 2.10 | 1000 | 700 | 2000 | 22.7 |" in section
     assert "| `train_wps_k3_shared_over_k1` | >= 0.87 | 0.833 | **not met** |" in section
     assert "A/B profile" not in section  # no profile JSON
@@ -293,8 +298,7 @@ def test_report_speed_section(tmp_path):
     speed["variants"]["k3_separate"] = {"error": "child exited with 1"}
     speed["targets"]["estep_share_k3_separate"] = {"value": None, "target": "<= 0.15", "met": None}
     (results / "speed__webpage__minilm.json").write_text(json.dumps(speed))
-    assert report.main(["--results", str(results), "--out", str(out), "--no-plots"]) == 0
-    section = out.read_text().split("## Speed and memory of the K experts")[1]
+    section = report_section(results, "## Speed and memory of the K experts", "## Speed and memory (per run)")
     assert "| `k3_separate` | FAILED: child exited with 1 |" in section
     assert "| `estep_share_k3_separate` | <= 0.15 | n/a | not measured |" in section
 
@@ -627,3 +631,19 @@ def test_run_one_scores_best_and_last_and_writes_the_result(tmp_path, monkeypatc
     assert result["model_best_sha256"] == run.model_fingerprint(spec.run_dir / "model-best")
     assert result["overrides"]["--training.logger.events_path"].endswith(run.EVENTS_LOG)
     assert [p.name for p in spec.result_path.parent.iterdir()] == [spec.result_path.name]
+
+
+def test_report_inference_section(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    row = {"batch_size": 256, "words_per_s": {"median": 4500.0, "min": 4400.0, "max": 4600.0}}
+    data = {"command": "python benchmarks/inference_speed.py", "git": {"commit": "abcdef123456"},
+            "n_docs": 10, "n_words": 100, "data": "corpus/conll03/test.spacy", "repeats": 3,
+            "machine": {"loadavg_at_start": [0.1], "loadavg_at_end": [1.9]},
+            "rows": {"raw_encoder": {**row, "batch_size": 64}, "bond_moe_minilm_k3": row},
+            "ratios": {"bond_moe_minilm_k3 / raw encoder": 1.0, "bond_moe_cnn_k3 / spacy_ner_cnn": None}}
+    (results / "inference_speed__conll03.json").write_text(json.dumps(data))
+    section = report_section(results, "## Inference speed side by side", "\n## ")
+    assert "(commit abcdef1234)" in section
+    assert "| `bond_moe_minilm_k3` | 256 | 4500 | 4400 | 4600 |" in section
+    assert "| bond_moe_cnn_k3 / spacy_ner_cnn | n/a |" in section

@@ -442,3 +442,48 @@ def test_spacy_apply_multiline_text_and_jsonl(trained_blank_nlp, tmp_path):
         assert all(not t.is_space for d in docs for e in d.ents for t in e)
         found.append([ents(d) for d in docs])
     assert found[1] == [ents(nlp(t)) for t in texts] and any(found[1])
+
+
+def test_length_groups_budget_and_order():
+    from spacy_bond_moe.architectures import length_groups
+
+    lengths = [5, 1, 30, 2, 2, 0, 40, 3]
+    groups = length_groups(lengths, budget=8)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    flat = [lengths[i] for g in groups for i in g]
+    assert flat == sorted(lengths)  # shortest first
+    assert all(len(g) * max(max(lengths[i] for i in g), 1) <= 8 or len(g) == 1 for g in groups)
+    assert [len(g) for g in groups] == [4, 1, 1, 1, 1]  # 0,1,2,2 (4 x 2 = 8) | 3 | 5 | 30 | 40
+    assert length_groups([], 8) == []
+
+
+def test_predict_in_length_groups_keeps_the_docs_order(trained_blank_nlp):
+    """Grouping by length (any budget) gives each doc the probabilities of encoding it alone."""
+    nlp = trained_blank_nlp
+    ner = nlp.get_pipe("bond_moe_ner")
+    texts = [t for pair in BLANK_PAIRS for t in pair] + ["Paris .", "Mary met John in Rome . " * 6]
+    docs = [nlp.make_doc(t) for t in texts]
+    alone = [ner.predict([doc])[0] for doc in docs]
+    for budget in (1, 16, 10_000):
+        ner.predict_tokens = budget
+        for p, q in zip(ner.predict(docs), alone):
+            assert numpy.allclose(p, q, atol=1e-5)
+    ner.predict_tokens = 512
+
+
+def test_length_groups_draw_from_the_global_random_stream_like_one_call(trained_blank_nlp):
+    """spacy-transformers draws from `random` per forward pass and spaCy shuffles training
+    batches with it: splitting a batch into groups must leave the stream as one call does."""
+    import random
+
+    nlp = trained_blank_nlp
+    ner = nlp.get_pipe("bond_moe_ner")
+    docs = [nlp.make_doc(t) for pair in BLANK_PAIRS for t in pair]
+    random.seed(3)
+    ner.model.predict(docs)
+    expected = random.random()
+    ner.predict_tokens = 1  # one group per doc
+    random.seed(3)
+    ner.predict(docs)
+    assert random.random() == expected
+    ner.predict_tokens = 512
