@@ -158,7 +158,8 @@ def moe_tagger_forward(
     model: Model, docs: List[Doc], is_train: bool
 ) -> Tuple[List[Floats3d], Callable]:
     """Blank tokens (whitespace, U+200B, ...) are not encoded (or, with a listener
-    encoder, their encoding is ignored): their output is a fixed one-hot "O" for every expert, with no gradient."""
+    encoder, their encoding is ignored): their output is a fixed one-hot "O" for every
+    expert, with no gradient."""
     n_experts = model.attrs["n_experts"]
     compact = not _is_listener(model.layers[0])
     inputs, kept = encoder_inputs(docs, compact)
