@@ -4,7 +4,7 @@ breaks, a tab-indented line, trailing spaces) as a text file and as JSONL.
     python benchmarks/apply_check.py MODEL [--text assets/roster/conll/test_text.txt]
 
 Writes the inputs and spaCy's outputs under runs/apply_check/ and a summary JSON to
-benchmarks/results/apply_check__<model dir name>.json: exit codes, documents, entities, blank
+benchmarks/results/apply_check__<run dir>__<model dir>.json: exit codes, documents, entities, blank
 tokens (none may be inside an entity), and whether each article's entities equal those of the
 same article with every whitespace run collapsed to one space.
 """
@@ -116,8 +116,8 @@ def main() -> None:
         result[name] = run
 
     result["collapsed_whitespace"] = compare_collapsed(nlp, texts)
-    name = Path(args.model).resolve().parent.name
-    path = ROOT / "benchmarks" / "results" / f"apply_check__{name}.json"
+    model = Path(args.model).resolve()
+    path = ROOT / "benchmarks" / "results" / f"apply_check__{model.parent.name}__{model.name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf8")
     print(json.dumps(result, indent=2))
 

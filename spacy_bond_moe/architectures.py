@@ -64,6 +64,7 @@ def without_blanks(doc: Doc, blank: numpy.ndarray) -> Doc:
     with a single space where blank tokens were (what the encoder sees)."""
     words: List[str] = []
     spaces: List[bool] = []
+    norms: List[str] = []  # token norms (tokenizer exceptions: "n't" -> "not"), not the lexemes'
     gap = False
     for token, is_blank in zip(doc, blank):
         if is_blank:
@@ -74,7 +75,11 @@ def without_blanks(doc: Doc, blank: numpy.ndarray) -> Doc:
         gap = False
         words.append(token.text)
         spaces.append(bool(token.whitespace_))
-    return Doc(doc.vocab, words=words, spaces=spaces)
+        norms.append(token.norm_)
+    compact = Doc(doc.vocab, words=words, spaces=spaces)
+    for token, norm in zip(compact, norms):
+        token.norm_ = norm
+    return compact
 
 
 def encoder_inputs(docs: List[Doc], compact: bool) -> Tuple[List[Doc], List[Optional[Ints1d]]]:
@@ -115,15 +120,18 @@ def predict_in_length_groups(model: Model, docs: List[Doc], budget: int) -> List
     padding (a listener encoder, bound to its upstream batch, gets the docs at once)."""
     if _is_listener(model.layers[0]):
         return model.predict(docs)
+    # spacy-transformers draws from Python's global `random` once per forward pass
+    # (`maybe_flush_pytorch_cache`), which also shuffles spaCy's training batches: leave the
+    # stream as one call would (as after the first group that drew), so that how a batch is
+    # split never changes a training run.
     output: List[Optional[Floats3d]] = [None] * len(docs)
     after_one_call = None
     for group in length_groups([len(doc) for doc in docs], budget):
+        before = random.getstate() if after_one_call is None else None
         for i, probs in zip(group, model.predict([docs[i] for i in group])):
             output[i] = probs
-        after_one_call = after_one_call or random.getstate()
-    # spacy-transformers draws from Python's global `random` once per forward pass
-    # (`maybe_flush_pytorch_cache`), which also shuffles spaCy's training batches: leave the
-    # stream as one call would, so that how a batch is split never changes a training run.
+        if before is not None and random.getstate() != before:
+            after_one_call = random.getstate()
     if after_one_call is not None:
         random.setstate(after_one_call)
     return output  # type: ignore[return-value]

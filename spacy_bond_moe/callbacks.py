@@ -46,8 +46,8 @@ def create_em_schedule_v2(
         )
         if refresh:
             pipe.snapshot_teacher(corpus(nlp), nlp=nlp, batch_size=batch_size, step=step)
-        estep_due = refresh or (step > 0 and step % estep_every == 0)
-        if pipe.n_experts > 1 and estep_every > 0 and pipe.route_updates and estep_due:
+        estep_due = estep_every > 0 and (refresh or (step > 0 and step % estep_every == 0))
+        if pipe.n_experts > 1 and pipe.route_updates and estep_due:
             pipe.reassign_experts(corpus(nlp), nlp=nlp, batch_size=batch_size, step=step)
 
     return before_update

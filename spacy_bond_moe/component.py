@@ -23,6 +23,7 @@ from .losses import (
     weighted_expert_loss,
 )
 from .tags import (
+    FORBIDDEN,
     MISSING,
     blank_mask,
     example_tag_ids,
@@ -247,14 +248,17 @@ class BondMoENER(TrainablePipe):
         start, trans = transition_mask(tags)
         key = self.cfg["spans_key"]
         for doc, probs in zip(docs, scores):
-            if blank_mask(doc).all():  # empty, or nothing but whitespace
+            blank = blank_mask(doc)
+            if blank.all():  # empty, or nothing but whitespace
                 doc.set_ents([], default="outside")
                 doc.spans[key] = SpanGroup(doc, name=key, attrs={"scores": []}, spans=[])
                 doc._.set(EXPERT_EXTENSION, None)
                 continue
             per_expert = self.model.ops.to_numpy(probs)
             mixture = self.combine(per_expert)
-            path = viterbi_decode(numpy.log(mixture + EPS), start, trans)
+            log_probs = numpy.log(mixture + EPS)
+            log_probs[blank, 1:] = FORBIDDEN  # a blank token is never inside an entity
+            path = viterbi_decode(log_probs, start, trans)
             spans = tags_to_spans(doc, path, tags)
             doc.set_ents(spans, default="outside")
             tokens = numpy.arange(len(doc))
@@ -281,7 +285,7 @@ class BondMoENER(TrainablePipe):
         sgd: Optional[Optimizer] = None,
         losses: Optional[Dict[str, float]] = None,
     ) -> Dict[str, float]:
-        """Route each document's loss to its assigned expert and backpropagate."""
+        """Spread each document's loss over the experts (`expert_weights`) and backpropagate."""
         if losses is None:
             losses = {}
         losses.setdefault(self.name, 0.0)
@@ -405,7 +409,8 @@ class BondMoENER(TrainablePipe):
         for batch_keys, batch in self._corpus_batches(examples, nlp, batch_size):
             # one encoder call per length-sorted batch, as in 0.1: finer length groups would
             # change the E-step's float noise, hence training (`predict` groups at inference)
-            probs = self.model.predict([eg.predicted for eg in batch])
+            docs = [eg.predicted for eg in batch]
+            probs = self.model.predict(docs) if any(len(d) for d in docs) else self.predict(docs)
             for p, (q, mask) in zip(probs, self.targets(batch)):
                 nll = token_nll(self.model.ops.to_numpy(p), q)  # (n, K)
                 n_kept = int(mask.sum())

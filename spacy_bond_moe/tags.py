@@ -8,7 +8,7 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example
 
 MISSING = -1
-_FORBIDDEN = -1e9
+FORBIDDEN = -1e9  # the score of a move that valid BIO does not allow
 
 
 def make_tags(labels: Iterable[str]) -> List[str]:
@@ -70,11 +70,11 @@ def transition_mask(tags: Sequence[str]) -> Tuple[numpy.ndarray, numpy.ndarray]:
     for j, tag in enumerate(tags):
         if not tag.startswith("I-"):
             continue
-        start[j] = _FORBIDDEN
+        start[j] = FORBIDDEN
         label = tag[2:]
         for i, prev in enumerate(tags):
             if prev not in (f"B-{label}", f"I-{label}"):
-                trans[i, j] = _FORBIDDEN
+                trans[i, j] = FORBIDDEN
     return start, trans
 
 

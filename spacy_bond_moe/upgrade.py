@@ -41,7 +41,7 @@ def upgrade_component(old: Dict[str, Any]) -> Dict[str, Any]:
         new["distant_loss"] = {"@misc": "spacy-bond-moe.gce.v1", "q": gce_q, "o_drop": o_drop}
     else:
         new["distant_loss"] = {"@misc": "spacy-bond-moe.cross_entropy.v1", "o_drop": o_drop}
-    if new.get("scorer", {}).get("@scorers") == "spacy-bond-moe.ner_scorer.v1":
+    if (new.get("scorer") or {}).get("@scorers") == "spacy-bond-moe.ner_scorer.v1":
         new["scorer"] = {"@scorers": "spacy.ner_scorer.v1"}
     return new
 

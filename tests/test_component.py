@@ -293,6 +293,7 @@ BLANK_PAIRS = [
     ("\n\n  I like London and Berlin .", "I like London and Berlin ."),
     ("I like London and Berlin .  \n", "I like London and Berlin ."),
     ("Paris is big . \u200b Mary met John in Rome .", "Paris is big . Mary met John in Rome ."),
+    ("Mary doesn't\n\nlike Rome .", "Mary doesn't like Rome ."),  # token norm "n't" -> "not"
 ]
 BLANK_ONLY = ["\n", " \n\t  ", "\u200b"]
 
@@ -478,7 +479,8 @@ def test_length_groups_draw_from_the_global_random_stream_like_one_call(trained_
 
     nlp = trained_blank_nlp
     ner = nlp.get_pipe("bond_moe_ner")
-    docs = [nlp.make_doc(t) for pair in BLANK_PAIRS for t in pair]
+    # shortest first: the first groups (an empty and a whitespace-only doc) call no encoder
+    docs = [nlp.make_doc(t) for t in ["", "\n"]] + [nlp.make_doc(t) for pair in BLANK_PAIRS for t in pair]
     random.seed(3)
     ner.model.predict(docs)
     expected = random.random()
@@ -487,3 +489,18 @@ def test_length_groups_draw_from_the_global_random_stream_like_one_call(trained_
     ner.predict(docs)
     assert random.random() == expected
     ner.predict_tokens = 512
+
+
+def test_decoding_never_puts_a_blank_token_inside_an_entity(nlp):
+    """Whatever the scores say ("New\\nYork" with I-LOC likely on both sides of the break)."""
+    ner = add_ner(nlp, 1)
+    nlp.initialize(lambda: make_examples(nlp))
+    doc = nlp.make_doc("New\nYork")
+    tags = ner.tags
+    probs = numpy.zeros((3, 1, len(tags)), dtype="float32")  # float32 softmax underflows to 0
+    probs[0, 0, tags.index("B-LOC")] = 1.0
+    probs[1, 0, 0], probs[1, 0, tags.index("I-LOC")] = 0.6, 0.4  # scores from anywhere
+    probs[2, 0, tags.index("I-LOC")] = 1.0
+    ner.set_annotations([doc], [probs])
+    assert all(not t.is_space for e in doc.ents for t in e)
+    assert [(e.text, e.label_) for e in doc.ents][0] == ("New", "LOC")

@@ -360,3 +360,15 @@ def test_soft_m_step_spreads_each_document_over_the_experts():
     expected = sum(w * expert_loss(scores[0], k, q, mask_arr)[1] for k, w in enumerate(weights))
     assert numpy.allclose(grads[0], expected / mask.sum(), atol=1e-7)
     assert all(grads[0][:, k].any() for k in range(3))
+
+
+def test_schedule_without_estep_never_runs_one():
+    """estep_every = 0 means never (no division by zero), with or without a teacher."""
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(2)})
+    examples = entity_and_empty_examples(nlp, n_docs=4)
+    nlp.initialize(lambda: examples)
+    schedule = create_em_schedule_v2("bond_moe_ner", lambda _: examples, 0, 2, 0)
+    for step in range(4):
+        schedule(nlp, {"step": step})
+    assert [e["event"] for e in ner.pop_events()] == ["teacher"]

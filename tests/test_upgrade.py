@@ -23,7 +23,9 @@ def test_upgrade_component_maps_every_flag():
     assert new["distant_loss"] == {"@misc": "spacy-bond-moe.gce.v1", "q": 0.7, "o_drop": 0.25}
     assert new["scorer"] == {"@scorers": "spacy.ner_scorer.v1"}
     assert not set(V01_FLAGS) & set(new) and new["combine"] == "mean"
-    fair = upgrade_component({"factory": "bond_moe_ner", "fair": True, "sinkhorn_lambda": 0.1})
+    fair = upgrade_component({"factory": "bond_moe_ner", "fair": True, "sinkhorn_lambda": 0.1,
+                              "scorer": None})
+    assert fair["scorer"] is None
     assert fair["assigner"]["@misc"] == "spacy-bond-moe.sinkhorn_assigner.v1"
     assert fair["pseudo_labeller"]["@misc"] == "spacy-bond-moe.soft_pseudo_labels.v1"
     assert fair["distant_loss"] == {"@misc": "spacy-bond-moe.cross_entropy.v1", "o_drop": 0.0}
