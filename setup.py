@@ -43,6 +43,8 @@ setup(
         "spacy_factories": ["bond_moe_ner = spacy_bond_moe.component:make_bond_moe_ner"],
         "spacy_architectures": [
             "spacy-bond-moe.MoETagger.v1 = spacy_bond_moe.architectures:build_moe_tagger_v1",
+            "spacy-bond-moe.CaseAwareTok2Vec.v1 = "
+            "spacy_bond_moe.architectures:build_case_aware_tok2vec_v1",
         ],
         "thinc_layers": [
             "spacy-bond-moe.empty_safe_pooling.v1 = "

@@ -135,6 +135,9 @@ SYSTEMS: Dict[str, System] = {
         System("bond_moe_warmup_cnn", "configs/cnn.cfg",
                "investigation: `bond_moe_warmup` with the HashEmbedCNN encoder (shared stage I, "
                "routing by E-step in stage II)", n_experts=3, shared_stage_one=True),
+        System("bond_case", "configs/minilm_case.cfg",
+               "investigation: BOND (K=1) whose MiniLM vectors are concatenated with hashed "
+               "SHAPE/PREFIX/SUFFIX embeddings, mixed by one maxout window layer", n_experts=1),
         System("bond_moe_soft", "configs/minilm.cfg",
                "investigation: BOND-MoE with a soft M-step (each document's loss spread over the "
                "experts by its Sinkhorn-plan responsibilities)", n_experts=3,
@@ -144,7 +147,7 @@ SYSTEMS: Dict[str, System] = {
 ALIASES: Dict[str, str] = {"wo_moe": "bond"}
 # Systems run one by one to test a hypothesis; not part of the --all suite table.
 INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_moe_warmup",
-                                  "bond_moe_warmup_cnn", "bond_moe_soft")
+                                  "bond_moe_warmup_cnn", "bond_moe_soft", "bond_case")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.

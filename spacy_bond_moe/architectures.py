@@ -19,6 +19,9 @@ LISTENER_NAMES = ("tok2vec-listener", "transformer-listener")
 PREDICT_TOKENS = 512
 
 EXPERT_MODES = ("shared", "separate")
+# Model attr: a learning-rate multiplier for a layer and everything under it (see
+# `BondMoENER.finish_update`).
+LR_SCALE_ATTR = "bond_moe_lr_scale"
 
 
 @registry.architectures("spacy-bond-moe.MoETagger.v1")
@@ -303,3 +306,79 @@ def empty_safe_pooling_forward(
         return Ragged(bp_inner(model.ops.xp.ascontiguousarray(dY[nonempty])).dataXd, X.lengths)
 
     return Y, backprop
+
+
+@registry.architectures("spacy-bond-moe.CaseAwareTok2Vec.v1")
+def build_case_aware_tok2vec_v1(
+    encoder: Model[List[Doc], List[Floats2d]],
+    features: Model[List[Doc], List[Floats2d]],
+    mixer: Optional[Model[List[Floats2d], List[Floats2d]]] = None,
+    features_lr_scale: float = 1.0,
+) -> Model[List[Doc], List[Floats2d]]:
+    """Token vectors of `encoder` (e.g. a lower-casing transformer) concatenated with
+    `features`, an embedding of case-bearing lexical attributes (`spacy.MultiHashEmbed.v2`
+    with SHAPE, PREFIX, SUFFIX), optionally mixed by `mixer` (a residual window encoder
+    over the concatenated width, such as `spacy.MaxoutWindowEncoder.v2`).
+
+    features_lr_scale (float): Learning-rate multiplier of `features` and `mixer`
+        (freshly initialised) relative to the encoder; `bond_moe_ner` applies it.
+    """
+    if features_lr_scale <= 0:
+        raise ValueError(f"features_lr_scale must be > 0, got {features_lr_scale}")
+    fresh = [features] if mixer is None else [features, mixer]
+    for layer in fresh:
+        layer.attrs[LR_SCALE_ATTR] = features_lr_scale
+    model: Model[List[Doc], List[Floats2d]] = Model(
+        "case_aware_tok2vec",
+        case_aware_forward,
+        init=case_aware_init,
+        layers=[encoder, *fresh],
+        dims={"nO": None},
+    )
+    model.set_ref("encoder", encoder)
+    return model
+
+
+def case_aware_init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
+    encoder, features, *mixer = model.layers
+    encoder.initialize(X=X)
+    features.initialize(X=X)
+    width = None
+    if X is not None:
+        sample = [x for x in X if len(x)][:8] or X[:1]
+        concatenated = _hstack(model, encoder.predict(sample), features.predict(sample))
+        if concatenated:
+            width = concatenated[0].shape[1]
+        if mixer:
+            mixer[0].initialize(X=concatenated)
+    elif mixer:
+        mixer[0].initialize()
+    if width is not None:
+        model.set_dim("nO", width)
+
+
+def case_aware_forward(
+    model: Model, docs: List[Doc], is_train: bool
+) -> Tuple[List[Floats2d], Callable]:
+    encoder, features, *mixer = model.layers
+    encoded, bp_encoder = encoder(docs, is_train)
+    featured, bp_features = features(docs, is_train)
+    widths = (encoded[0].shape[1], featured[0].shape[1]) if docs else (0, 0)
+    vectors = _hstack(model, encoded, featured)
+    bp_mixer = None
+    if mixer:
+        vectors, bp_mixer = mixer[0](vectors, is_train)
+
+    def backprop(d_vectors: List[Floats2d]) -> List[Doc]:
+        if bp_mixer is not None:
+            d_vectors = bp_mixer(d_vectors)
+        xp = model.ops.xp
+        bp_encoder([xp.ascontiguousarray(d[:, : widths[0]]) for d in d_vectors])
+        bp_features([xp.ascontiguousarray(d[:, widths[0]:]) for d in d_vectors])
+        return docs
+
+    return vectors, backprop
+
+
+def _hstack(model: Model, left: List[Floats2d], right: List[Floats2d]) -> List[Floats2d]:
+    return [model.ops.xp.hstack((a, b)) for a, b in zip(left, right)]

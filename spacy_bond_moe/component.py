@@ -13,7 +13,7 @@ from thinc.api import Config, Model, Optimizer, set_dropout_rate
 from thinc.types import Floats3d
 
 from . import em
-from .architectures import PREDICT_TOKENS, predict_in_length_groups
+from .architectures import LR_SCALE_ATTR, PREDICT_TOKENS, predict_in_length_groups
 from .losses import (
     EPS,
     DistantLoss,
@@ -304,13 +304,18 @@ class BondMoENER(TrainablePipe):
 
     def finish_update(self, sgd: Optimizer) -> None:
         """Apply the gradients; the expert heads' learning rate is scaled by
-        `head_lr_scale` (thinc's per-call `lr_scale`)."""
-        heads = {node.id for layer in self.model.walk() if layer.name == "expert_heads"
-                 for node in layer.walk()}
+        `head_lr_scale`, that of a layer with the `LR_SCALE_ATTR` attr (and its sublayers)
+        by that value (thinc's per-call `lr_scale`)."""
+        scales: Dict[int, float] = {}
+        for layer in self.model.walk():
+            if layer.name == "expert_heads":
+                scales.update((node.id, self.head_lr_scale) for node in layer.walk())
+            elif LR_SCALE_ATTR in layer.attrs:
+                scales.update((node.id, layer.attrs[LR_SCALE_ATTR]) for node in layer.walk())
         for node in self.model.walk():
             for shim in node.shims:
                 shim.finish_update(sgd)
-            scale = self.head_lr_scale if node.id in heads else 1.0
+            scale = scales.get(node.id, 1.0)
             for name in node.param_names:
                 if node.has_grad(name):
                     param, _ = sgd((node.id, name), node.get_param(name), node.get_grad(name),

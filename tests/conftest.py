@@ -1,11 +1,13 @@
 """Shared fixtures: toy corpora with doc ids, a tiny random BERT built offline."""
 from pathlib import Path
-from typing import List, Tuple
+from typing import Iterable, List, Tuple
 
+import numpy
 import pytest
 import spacy
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example
+from spacy.util import load_model_from_path
 
 from spacy_bond_moe.em import DOC_ID_KEY
 
@@ -82,3 +84,13 @@ def trf_tok2vec_config(name: str) -> dict:
         "pooling": {"@layers": "reduce_first.v1"},
         "grad_factor": 1.0,
     }
+
+
+def assert_roundtrip_predicts_the_same(nlp, path: Path, texts: Iterable[str]) -> None:
+    """`nlp` saved to `path` and loaded back gives the same `bond_moe_ner` probabilities."""
+    nlp.to_disk(path)
+    reloaded = load_model_from_path(path)
+    for text in texts:
+        p1 = nlp.get_pipe("bond_moe_ner").predict([nlp.make_doc(text)])[0]
+        p2 = reloaded.get_pipe("bond_moe_ner").predict([reloaded.make_doc(text)])[0]
+        assert numpy.allclose(p1, p2, atol=1e-5)

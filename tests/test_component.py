@@ -10,7 +10,7 @@ from spacy_bond_moe import BondMoENER, build_cross_entropy_v1
 from spacy_bond_moe.em import doc_key
 from spacy_bond_moe.teacher import Teacher
 
-from .conftest import TRAIN_DATA, make_examples, trf_tok2vec_config
+from .conftest import TRAIN_DATA, assert_roundtrip_predicts_the_same, make_examples, trf_tok2vec_config
 
 CNN = {
     "@architectures": "spacy.HashEmbedCNN.v2", "pretrained_vectors": None, "width": 32,
@@ -101,12 +101,7 @@ def test_transformer_encoder_overfits_and_roundtrips(nlp, tmp_path, tiny_bert):
         first = losses["bond_moe_ner"] if first is None else first
         last = losses["bond_moe_ner"]
     assert last < first * 0.5
-    nlp.to_disk(tmp_path)
-    nlp2 = load_model_from_path(tmp_path)
-    for text, _ in TRAIN_DATA:
-        p1 = ner.predict([nlp.make_doc(text)])[0]
-        p2 = nlp2.get_pipe("bond_moe_ner").predict([nlp2.make_doc(text)])[0]
-        assert numpy.allclose(p1, p2, atol=1e-5)
+    assert_roundtrip_predicts_the_same(nlp, tmp_path, [text for text, _ in TRAIN_DATA])
 
 
 def test_n_process_2(nlp):
@@ -298,18 +293,25 @@ BLANK_PAIRS = [
 BLANK_ONLY = ["\n", " \n\t  ", "\u200b"]
 
 
-@pytest.fixture(scope="module", params=["cnn", "tiny_bert"])
+@pytest.fixture(scope="module", params=["cnn", "tiny_bert", "case_aware_tiny_bert"])
 def trained_blank_nlp(request, tiny_bert):
     """A trained 2-expert pipeline per encoder; training docs hold whitespace tokens."""
     spacy.util.fix_random_seed(0)
     nlp = spacy.blank("en")
     tok2vec = CNN if request.param == "cnn" else trf_tok2vec_config(str(tiny_bert))
+    if request.param == "case_aware_tiny_bert":  # hashed case features, window-mixed
+        tok2vec = {"@architectures": "spacy-bond-moe.CaseAwareTok2Vec.v1", "encoder": tok2vec,
+                   "features": {"@architectures": "spacy.MultiHashEmbed.v2", "width": 8,
+                                "attrs": ["SHAPE", "PREFIX", "SUFFIX"], "rows": [50, 100, 100],
+                                "include_static_vectors": False},
+                   "mixer": {"@architectures": "spacy.MaxoutWindowEncoder.v2", "width": 24,
+                             "window_size": 1, "maxout_pieces": 2, "depth": 1}}
     ner = add_ner(nlp, 2, tok2vec=tok2vec)
     spaced = [("\t" + text + "\n\n", [(s + 1, e + 1, label) for s, e, label in gold])
               for text, gold in TRAIN_DATA]
     examples = make_examples(nlp, copies=2) + make_examples(nlp, spaced, copies=2, prefix="ws")
     optimizer = nlp.initialize(lambda: examples)
-    if request.param == "tiny_bert":
+    if request.param != "cnn":
         optimizer.learn_rate = 0.01
     ner.router.assignments = {doc_key(eg.reference): int(doc_key(eg.reference).split(":")[1])
                               for eg in examples}
