@@ -53,6 +53,7 @@ setup(
         "spacy_callbacks": [
             "spacy-bond-moe.em_schedule.v1 = spacy_bond_moe.callbacks:create_em_schedule",
             "spacy-bond-moe.em_schedule.v2 = spacy_bond_moe.callbacks:create_em_schedule_v2",
+            "spacy-bond-moe.em_schedule.v3 = spacy_bond_moe.callbacks:create_em_schedule_v3",
         ],
         "spacy_loggers": [
             "spacy-bond-moe.ConsoleLogger.v1 = spacy_bond_moe.loggers:bond_moe_console_logger_v1",
@@ -67,6 +68,8 @@ setup(
             "spacy_bond_moe.teacher:build_hard_pseudo_labels_v1",
             "spacy-bond-moe.cross_entropy.v1 = spacy_bond_moe.losses:build_cross_entropy_v1",
             "spacy-bond-moe.gce.v1 = spacy_bond_moe.losses:build_gce_v1",
+            "spacy-bond-moe.confidence_filter.v1 = "
+            "spacy_bond_moe.denoise:build_confidence_filter_v1",
         ],
     },
     classifiers=[

@@ -1,8 +1,14 @@
 """spacy-bond-moe: distantly supervised NER for spaCy with BOND-MoE."""
 from .about import __version__
-from .architectures import build_empty_safe_pooling_v1, build_expert_heads, build_moe_tagger_v1
-from .callbacks import create_em_schedule, create_em_schedule_v2
+from .architectures import (
+    build_case_aware_tok2vec_v1,
+    build_empty_safe_pooling_v1,
+    build_expert_heads,
+    build_moe_tagger_v1,
+)
+from .callbacks import create_em_schedule, create_em_schedule_v2, create_em_schedule_v3
 from .component import BondMoENER, install_extensions, make_bond_moe_ner
+from .denoise import ConfidenceFilter, build_confidence_filter_v1
 from .em import Assigner, Router, build_argmax_assigner_v1, build_sinkhorn_assigner_v1
 from .loggers import bond_moe_console_logger_v1
 from .losses import DistantLoss, build_cross_entropy_v1, build_gce_v1
@@ -17,8 +23,10 @@ __all__ = [
     "build_moe_tagger_v1",
     "build_expert_heads",
     "build_empty_safe_pooling_v1",
+    "build_case_aware_tok2vec_v1",
     "create_em_schedule",
     "create_em_schedule_v2",
+    "create_em_schedule_v3",
     "Assigner",
     "Router",
     "build_sinkhorn_assigner_v1",
@@ -29,6 +37,8 @@ __all__ = [
     "DistantLoss",
     "build_cross_entropy_v1",
     "build_gce_v1",
+    "ConfidenceFilter",
+    "build_confidence_filter_v1",
     "bond_moe_console_logger_v1",
     "transformer_name_v1",
 ]

@@ -1,5 +1,5 @@
-"""The training schedule: the one clock (optimizer steps) for shared stage I, corpus
-E-steps and teacher snapshots, run between updates."""
+"""The training schedule: the one clock (optimizer steps) for shared stage I, label
+filters, corpus E-steps and teacher snapshots, run between updates."""
 from typing import Any, Callable, Dict, Iterable
 
 from spacy.language import Language
@@ -7,14 +7,15 @@ from spacy.training import Example
 from spacy.util import registry
 
 
-@registry.callbacks("spacy-bond-moe.em_schedule.v2")
-def create_em_schedule_v2(
+@registry.callbacks("spacy-bond-moe.em_schedule.v3")
+def create_em_schedule_v3(
     component: str,
     corpus: Callable[[Language], Iterable[Example]],
     estep_every: int,
     teacher_start: int,
     teacher_refresh: int,
     shared_steps: int = 0,
+    filter_every: int = 0,
     batch_size: int = 64,
 ) -> Callable[[Language, Dict[str, Any]], None]:
     """A `[training.before_update]` callback running BOND-MoE's schedule; every number
@@ -22,16 +23,19 @@ def create_em_schedule_v2(
 
     component (str): Name of the `bond_moe_ner` pipe.
     corpus (Callable[[Language], Iterable[Example]]): The training corpus, re-read at
-        each E-step / teacher refresh (use a reader without augmentation).
+        each E-step / teacher refresh / label filter (use a reader without augmentation).
     estep_every (int): Steps between corpus E-steps (0 = never: fixed random routing).
     teacher_start (int): Step at which self-training starts (0 = never).
     teacher_refresh (int): Steps between teacher refreshes (0 = never refresh).
     shared_steps (int): Steps of a shared stage I: until then every document trains every
         expert and no E-step runs (0: routed from the first step).
+    filter_every (int): Steps between runs of the component's `label_filter` in stage I
+        (RoSTER's noisy-label removal; 0 = never). Runs before an E-step due at the same step.
     batch_size (int): Documents per forward pass during the corpus passes.
     """
     for name, value in (("estep_every", estep_every), ("teacher_start", teacher_start),
-                        ("teacher_refresh", teacher_refresh), ("shared_steps", shared_steps)):
+                        ("teacher_refresh", teacher_refresh), ("shared_steps", shared_steps),
+                        ("filter_every", filter_every)):
         if value < 0:
             raise ValueError(f"[em_schedule] {name} must be >= 0, got {value}")
 
@@ -46,11 +50,23 @@ def create_em_schedule_v2(
         )
         if refresh:
             pipe.snapshot_teacher(corpus(nlp), nlp=nlp, batch_size=batch_size, step=step)
+        elif filter_every > 0 and step > 0 and step % filter_every == 0 and not pipe.teacher.active:
+            pipe.filter_labels(corpus(nlp), nlp=nlp, batch_size=batch_size, step=step)
         estep_due = estep_every > 0 and (refresh or (step > 0 and step % estep_every == 0))
         if pipe.n_experts > 1 and pipe.route_updates and estep_due:
             pipe.reassign_experts(corpus(nlp), nlp=nlp, batch_size=batch_size, step=step)
 
     return before_update
+
+
+@registry.callbacks("spacy-bond-moe.em_schedule.v2")
+def create_em_schedule_v2(
+    component: str, corpus: Callable[[Language], Iterable[Example]], estep_every: int,
+    teacher_start: int, teacher_refresh: int, shared_steps: int = 0, batch_size: int = 64,
+) -> Callable[[Language, Dict[str, Any]], None]:
+    """`spacy-bond-moe.em_schedule.v3` without the label filter (v0.2 configs)."""
+    return create_em_schedule_v3(component, corpus, estep_every, teacher_start,
+                                 teacher_refresh, shared_steps, 0, batch_size)
 
 
 @registry.callbacks("spacy-bond-moe.em_schedule.v1")
@@ -62,6 +78,6 @@ def create_em_schedule(
     teacher_refresh: int,
     batch_size: int = 64,
 ) -> Callable[[Language, Dict[str, Any]], None]:
-    """`spacy-bond-moe.em_schedule.v2` without a shared stage I (v0.1 configs)."""
-    return create_em_schedule_v2(component, corpus, estep_every, teacher_start,
-                                 teacher_refresh, 0, batch_size)
+    """`spacy-bond-moe.em_schedule.v3` without a shared stage I (v0.1 configs)."""
+    return create_em_schedule_v3(component, corpus, estep_every, teacher_start,
+                                 teacher_refresh, 0, 0, batch_size)

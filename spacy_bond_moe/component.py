@@ -32,6 +32,7 @@ from .tags import (
     transition_mask,
     viterbi_decode,
 )
+from .denoise import LabelFilter
 from .teacher import PseudoLabeller, Targets, Teacher, build_soft_pseudo_labels_v1
 
 EXPERT_EXTENSION = "bond_moe_expert"
@@ -70,6 +71,7 @@ def install_extensions() -> None:
         "assigner": {"@misc": "spacy-bond-moe.sinkhorn_assigner.v1"},
         "pseudo_labeller": {"@misc": "spacy-bond-moe.soft_pseudo_labels.v1"},
         "distant_loss": {"@misc": "spacy-bond-moe.cross_entropy.v1"},
+        "label_filter": None,
         "combine": "mean",
         "head_lr_scale": 1.0,
         "spans_key": "bond_moe",
@@ -84,6 +86,7 @@ def make_bond_moe_ner(
     assigner: em.Assigner,
     pseudo_labeller: PseudoLabeller,
     distant_loss: DistantLoss,
+    label_filter: Optional[LabelFilter],
     combine: Combine,
     head_lr_scale: float,
     spans_key: str,
@@ -92,8 +95,8 @@ def make_bond_moe_ner(
     """Create a BondMoENER component (see `BondMoENER` for the arguments)."""
     return BondMoENER(
         nlp.vocab, model, name, assigner=assigner, pseudo_labeller=pseudo_labeller,
-        distant_loss=distant_loss, combine=combine, head_lr_scale=head_lr_scale,
-        spans_key=spans_key, scorer=scorer,
+        distant_loss=distant_loss, label_filter=label_filter, combine=combine,
+        head_lr_scale=head_lr_scale, spans_key=spans_key, scorer=scorer,
     )
 
 
@@ -106,6 +109,9 @@ class BondMoENER(TrainablePipe):
         (`spacy-bond-moe.soft_pseudo_labels.v1` or `spacy-bond-moe.hard_pseudo_labels.v1`).
     distant_loss (DistantLoss): Stage I's loss on the distant labels
         (`spacy-bond-moe.cross_entropy.v1` or `spacy-bond-moe.gce.v1`).
+    label_filter (Optional[LabelFilter]): Stage I's noisy-label removal
+        (`spacy-bond-moe.confidence_filter.v1`), run by the schedule callback every
+        `filter_every` steps; None: every distant label is used.
     combine (str): "mean" averages the experts' probabilities; "weighted" weights them
         by the share of training documents each expert was assigned at the last E-step.
     head_lr_scale (float): Learning-rate multiplier of the expert heads relative to the
@@ -113,8 +119,9 @@ class BondMoENER(TrainablePipe):
     spans_key (str): `doc.spans` key of the confidence span group.
 
     Training-only state (never serialised): `router` (routing of training documents),
-    `teacher` (self-training) and `route_updates`, which the schedule callback
-    (`spacy-bond-moe.em_schedule.v2`) switches off for a shared stage I.
+    `teacher` (self-training), `kept_labels` (the label filter's masks per document) and
+    `route_updates`, which the schedule callback (`spacy-bond-moe.em_schedule.v3`)
+    switches off for a shared stage I.
     `predict_tokens` (not serialised either): the padded-token budget of one encoder call
     at prediction (a GPU may want more).
     """
@@ -128,6 +135,7 @@ class BondMoENER(TrainablePipe):
         assigner: Optional[em.Assigner] = None,
         pseudo_labeller: Optional[PseudoLabeller] = None,
         distant_loss: Optional[DistantLoss] = None,
+        label_filter: Optional[LabelFilter] = None,
         combine: Combine = "mean",
         head_lr_scale: float = 1.0,
         spans_key: str = "bond_moe",
@@ -152,6 +160,8 @@ class BondMoENER(TrainablePipe):
         self.router = em.Router(n_experts, assigner or em.build_sinkhorn_assigner_v1())
         self.teacher = Teacher(pseudo_labeller or build_soft_pseudo_labels_v1(), self.combine)
         self.distant_loss = distant_loss or build_cross_entropy_v1()
+        self.label_filter = label_filter
+        self.kept_labels: Dict[str, numpy.ndarray] = {}
         self.route_updates = True
         self.predict_tokens = PREDICT_TOKENS
         self._events: List[Dict[str, Any]] = []
@@ -359,7 +369,7 @@ class BondMoENER(TrainablePipe):
 
     def targets(self, examples: Sequence[Example], *, train: bool = False) -> List[Targets]:
         """Per-document (targets, mask): the teacher's pseudo-labels once it is active,
-        else the distant labels (O-dropped when training)."""
+        else the distant labels the label filter kept (O-dropped when training)."""
         if self.teacher.active:
             return self.teacher.targets_for(examples, len(self.tags))
         n_tags = len(self.tags)
@@ -370,6 +380,9 @@ class BondMoENER(TrainablePipe):
             mask = ids != MISSING
             q = numpy.zeros((len(ids), n_tags), dtype="float32")
             q[numpy.nonzero(mask)[0], ids[mask]] = 1.0
+            kept = self.kept_labels.get(em.doc_key(eg.reference))
+            if kept is not None and kept.shape == mask.shape:
+                mask = mask & kept
             if train:
                 mask = self.distant_loss.supervised(ids, mask)
             output.append((q, mask))
@@ -461,6 +474,39 @@ class BondMoENER(TrainablePipe):
         batches = ((keys, [eg.predicted for eg in batch])
                    for keys, batch in self._corpus_batches(examples, nlp, batch_size))
         event = self.teacher.snapshot(self.model, batches, len(self.tags), step)
+        self._events.append(event)
+        return event
+
+    def filter_labels(self, examples: Iterable[Example], *, nlp: Optional[Language] = None,
+                      batch_size: int = 64, step: Optional[int] = None) -> Dict[str, Any]:
+        """Re-run the label filter over the corpus with the current model: which distant
+        labels stage I keeps (`kept_labels`). RETURNS the logged event."""
+        if self.label_filter is None:
+            raise ValueError("[bond_moe_ner] filter_every > 0 needs a label_filter: set "
+                             "[components.bond_moe_ner.label_filter] (e.g. spacy-bond-moe.confidence_filter.v1)")
+        started = time.perf_counter()
+        tag_ids = {tag: i for i, tag in enumerate(self.tags)}
+        keys: List[str] = []
+        mixtures: List[numpy.ndarray] = []
+        labels: List[numpy.ndarray] = []
+        for batch_keys, batch in self._corpus_batches(examples, nlp, batch_size):
+            keys.extend(batch_keys)
+            mixtures.extend(self.combine(p) for p in self.predict([eg.predicted for eg in batch]))
+            labels.extend(example_tag_ids(eg, tag_ids) for eg in batch)
+        result = self.label_filter(mixtures, labels, self.tags)
+        self.kept_labels = dict(zip(keys, result["keep"]))
+        n_labelled = sum(int((ids != MISSING).sum()) for ids in labels)
+        n_kept = sum(int(keep.sum()) for keep in result["keep"])
+        event = {
+            "event": "label_filter",
+            "step": step,
+            "n_docs": len(keys),
+            "n_labelled": n_labelled,
+            "removed_fraction": 1.0 - n_kept / max(n_labelled, 1),
+            "removed_per_type": result["removed"],
+            "reset_types": result["reset"],
+            "seconds": time.perf_counter() - started,
+        }
         self._events.append(event)
         return event
 

@@ -23,6 +23,13 @@ def format_event(event: Dict[str, Any]) -> str:
             f"[bond_moe] teacher refreshed @ step {event['step']}: {event['n_docs']} docs, "
             f"kept {event['kept_fraction']:.1%} of {event['n_tokens']} tokens, {event['seconds']:.1f}s"
         )
+    if event["event"] == "label_filter":
+        reset = f", kept whole: {'/'.join(event['reset_types'])}" if event["reset_types"] else ""
+        return (
+            f"[bond_moe] label filter @ step {event['step']}: removed "
+            f"{event['removed_fraction']:.1%} of {event['n_labelled']} distant labels{reset}, "
+            f"{event['seconds']:.1f}s"
+        )
     return f"[bond_moe] {event}"
 
 
