@@ -172,6 +172,25 @@ def inference_section(data: Optional[Dict[str, Any]]) -> List[str]:
     return lines + table(["ratio of medians", "value"], rows) + [""]
 
 
+def seqeval_section(data: Optional[Dict[str, Any]]) -> List[str]:
+    """spaCy's scorer against seqeval on the same predictions (benchmarks/seqeval_check.py)."""
+    lines = ["## Independent scorer check (seqeval)", ""]
+    if data is None:
+        return lines + [NOT_RUN, ""]
+    lines += [f"`{data['command']}` → `{data['_file']}`: each pipeline tags the gold split's own "
+              "tokens; spaCy's `ner_scorer` and seqeval's default (conlleval-compatible) mode score "
+              f"the same predictions. Largest |F1 difference|: {data['max_abs_f1_difference']:.4f} "
+              "points. (The tables above score spaCy's re-tokenisation of the text against the gold "
+              "tokens, as `spacy evaluate` does, so their F1 can differ slightly from these.)", ""]
+    rows = [[f"`{r['model']}`", f"`{r['data']}`", str(r["gold_entities"]),
+             str(r["predicted_entities"]),
+             "/".join(fmt_num(r["spacy"][k]) for k in "prf"),
+             "/".join(fmt_num(r["seqeval_default"][k]) for k in "prf"), f"{r['f1_difference']:.4f}"]
+            for r in data["rows"]]
+    return lines + table(["pipeline", "data", "gold ents", "predicted ents", "spaCy P/R/F1",
+                          "seqeval P/R/F1", "F1 difference"], rows) + [""]
+
+
 class Analysis(NamedTuple):
     """One `experts__<run>__<split>.json`, the run JSON it belongs to, and whether it is stale."""
     path: Path
@@ -694,7 +713,8 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
                  speed: Optional[Dict[str, Any]] = None, profile: Optional[Dict[str, Any]] = None,
                  test_quality: Optional[Dict[str, Any]] = None, out_results: Optional[Path] = None,
                  tokens: Optional[Dict[str, Any]] = None,
-                 inference: Optional[Dict[str, Any]] = None) -> str:
+                 inference: Optional[Dict[str, Any]] = None,
+                 seqeval: Optional[Dict[str, Any]] = None) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
     selected = {r["_file"] for group in main.values() for r in group}
@@ -783,6 +803,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     lines += labels_section(runs, quality, scale, test_quality)
     lines += speed_section(speed, profile)
     lines += inference_section(inference)
+    lines += seqeval_section(seqeval)
 
     # Speed / memory
     lines += ["## Speed and memory (per run)", "",
@@ -888,7 +909,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         test_quality=load_extra(args.results, "label_quality__conll03_test.json"),
                         out_results=args.results if args.results.is_dir() else None,
                         tokens=load_extra(args.results, "tokenization.json"),
-                        inference=load_extra(args.results, "inference_speed__conll03.json"))
+                        inference=load_extra(args.results, "inference_speed__conll03.json"),
+                        seqeval=load_extra(args.results, "seqeval_check.json"))
     write_text_atomic(out, text + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return 0

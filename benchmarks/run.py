@@ -89,6 +89,25 @@ class System:
     shared_stage_one: bool = False  # every expert trains on every document until teacher_start
 
 
+# `bond_case_affix`: configs/minilm_case.cfg with the full lexical features and a mixing layer.
+_TOK2VEC = f"--components.{COMPONENT}.model.tok2vec"
+CASE_AFFIX: Tuple[Tuple[str, str], ...] = (
+    (f"{_TOK2VEC}.features.width", "64"),
+    (f"{_TOK2VEC}.features.attrs", '["SHAPE","PREFIX","SUFFIX"]'),
+    (f"{_TOK2VEC}.features.rows", "[1000,2500,2500]"),
+    (f"{_TOK2VEC}.mixer", '{"@architectures":"spacy.MaxoutWindowEncoder.v2","width":448,'
+                          '"window_size":1,"maxout_pieces":3,"depth":1}'),
+)
+
+# Stage I noise robustness (RoSTER's values).
+GCE = '{"@misc":"spacy-bond-moe.gce.v1","q":0.7,"o_drop":0.0}'
+O_DROP = '{"@misc":"spacy-bond-moe.cross_entropy.v1","o_drop":0.5}'
+LABEL_FILTER: Tuple[Tuple[str, str], ...] = (
+    (f"--components.{COMPONENT}.label_filter",
+     '{"@misc":"spacy-bond-moe.confidence_filter.v1","threshold":0.7,"max_removed":0.9}'),
+    ("--training.before_update.filter_every", "100"),
+)
+
 # The systems. `wo_moe` (= K=1 with self-training; fairness is moot with one expert, and the E-step
 # callback skips K=1) is exactly the `bond` command, so only `bond` is run: `--system wo_moe` is an
 # alias for it and report.py fills Table II's "w/o MoE" row from the `bond` JSONs.
@@ -136,8 +155,21 @@ SYSTEMS: Dict[str, System] = {
                "investigation: `bond_moe_warmup` with the HashEmbedCNN encoder (shared stage I, "
                "routing by E-step in stage II)", n_experts=3, shared_stage_one=True),
         System("bond_case", "configs/minilm_case.cfg",
+               "investigation: BOND (K=1) whose MiniLM vectors are concatenated with a hashed "
+               "16-wide word-shape embedding", n_experts=1),
+        System("bond_case_affix", "configs/minilm_case.cfg",
                "investigation: BOND (K=1) whose MiniLM vectors are concatenated with hashed "
-               "SHAPE/PREFIX/SUFFIX embeddings, mixed by one maxout window layer", n_experts=1),
+               "SHAPE/PREFIX/SUFFIX embeddings (64 wide), mixed by one maxout window layer",
+               n_experts=1, extra=CASE_AFFIX),
+        System("bond_gce", "configs/minilm.cfg",
+               "investigation: BOND (K=1) with GCE (q = 0.7) on the distant labels in stage I",
+               n_experts=1, extra=((f"--components.{COMPONENT}.distant_loss", GCE),)),
+        System("bond_odrop", "configs/minilm.cfg",
+               "investigation: BOND (K=1) with half the distant O labels unsupervised (O-drop 0.5)",
+               n_experts=1, extra=((f"--components.{COMPONENT}.distant_loss", O_DROP),)),
+        System("bond_filter", "configs/minilm.cfg",
+               "investigation: BOND (K=1) with RoSTER's noisy-label removal in stage I "
+               "(threshold 0.7, every 100 steps)", n_experts=1, extra=LABEL_FILTER),
         System("bond_moe_soft", "configs/minilm.cfg",
                "investigation: BOND-MoE with a soft M-step (each document's loss spread over the "
                "experts by its Sinkhorn-plan responsibilities)", n_experts=3,
@@ -147,7 +179,8 @@ SYSTEMS: Dict[str, System] = {
 ALIASES: Dict[str, str] = {"wo_moe": "bond"}
 # Systems run one by one to test a hypothesis; not part of the --all suite table.
 INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_moe_warmup",
-                                  "bond_moe_warmup_cnn", "bond_moe_soft", "bond_case")
+                                  "bond_moe_warmup_cnn", "bond_moe_soft", "bond_case",
+                                  "bond_case_affix", "bond_gce", "bond_odrop", "bond_filter")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.
@@ -437,9 +470,11 @@ def dev_curve(train_log: Path) -> List[Dict[str, Any]]:
 
 
 def em_events(events_log: Path) -> List[Dict[str, Any]]:
-    """E-step and teacher-refresh events of bond_moe_events.jsonl (eval records dropped)."""
+    """E-step, teacher-refresh and label-filter events of bond_moe_events.jsonl (eval
+    records dropped)."""
+    kinds = ("estep", "teacher", "label_filter")
     return [{k: v for k, v in e.items() if k != "component"}
-            for e in read_jsonl(events_log) if e.get("event") in ("estep", "teacher")]
+            for e in read_jsonl(events_log) if e.get("event") in kinds]
 
 
 def mean_words_per_sentence(path: Path) -> Tuple[float, int]:

@@ -647,3 +647,40 @@ def test_report_inference_section(tmp_path):
     assert "(commit abcdef1234)" in section
     assert "| `bond_moe_minilm_k3` | 256 | 4500 | 4400 | 4600 |" in section
     assert "| bond_moe_cnn_k3 / spacy_ner_cnn | n/a |" in section
+
+
+def test_seqeval_check_agrees_with_spacy_scorer_and_report(tmp_path):
+    """A trained toy pipeline: seqeval (default mode) and spaCy's scorer give the same F1 on the
+    same predictions, which are imperfect (else agreement would prove little)."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    from .conftest import cnn_moe_model, make_doc, make_examples
+
+    check = load_module("seqeval_check")
+    spacy.util.fix_random_seed(0)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bond_moe_ner", config={"model": cnn_moe_model(1)})
+    optimizer = nlp.initialize(lambda: make_examples(nlp))
+    for _ in range(30):
+        nlp.update(make_examples(nlp), sgd=optimizer)
+    nlp.to_disk(tmp_path / "model")
+    gold = [make_doc(nlp, "Mary met Bob Smith in Paris .", [(0, 4, "PER"), (9, 18, "PER"),
+                                                             (22, 27, "LOC")], "g0"),
+            make_doc(nlp, "Acme is in Rome and London .", [(0, 4, "ORG"), (11, 15, "LOC"),
+                                                            (20, 26, "LOC")], "g1"),
+            make_doc(nlp, "Paris is big .", [(0, 5, "ORG")], "g2"),  # the model says LOC
+            make_doc(nlp, "I like London and Berlin .", [(7, 13, "LOC")], "g3")]
+    DocBin(docs=gold).to_disk(tmp_path / "gold.spacy")
+    out = tmp_path / "results" / "seqeval_check.json"
+    pair = f"{tmp_path / 'model'}:{tmp_path / 'gold.spacy'}"
+    assert check.main([pair, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    row = result["rows"][0]
+    assert row["gold_entities"] == 8 and 0 < row["spacy"]["f"] < 100
+    assert row["spacy"] == pytest.approx(row["seqeval_default"], abs=1e-9)
+    assert result["max_abs_f1_difference"] == 0.0
+    assert check.main([f"{tmp_path}/nowhere:{tmp_path / 'gold.spacy'}", "--out", str(out)]) == 2
+    section = report_section(out.parent, "## Independent scorer check (seqeval)", "\n## ")
+    assert "Largest |F1 difference|: 0.0000 points" in section
+    assert f"| `{tmp_path / 'model'}` |" in section
