@@ -684,3 +684,28 @@ def test_seqeval_check_agrees_with_spacy_scorer_and_report(tmp_path):
     section = report_section(out.parent, "## Independent scorer check (seqeval)", "\n## ")
     assert "Largest |F1 difference|: 0.0000 points" in section
     assert f"| `{tmp_path / 'model'}` |" in section
+
+
+@pytest.mark.parametrize("system", sorted(run.SYSTEMS))
+def test_every_system_config_builds_with_its_overrides(tmp_path, system):
+    """The config plus the run's overrides (JSON blocks included) passes spaCy's validation
+    and builds the pipeline and the training section (nothing is trained or loaded)."""
+    from spacy.cli._util import parse_config_overrides
+    from spacy.util import load_config, load_model_from_config, registry, resolve_dot_names
+
+    cmd = run.build_command(spec_for(tmp_path, "wikigold", system), python="PY")
+    overrides = parse_config_overrides(cmd[7:])
+    config = load_config(ROOT / run.SYSTEMS[system].config, overrides=overrides, interpolate=False)
+    nlp = load_model_from_config(config, auto_fill=True, validate=True)
+    resolved = registry.resolve(nlp.config.interpolate()["training"], validate=True)
+    assert callable(resolved["before_update"]) or resolved["before_update"] is None
+    resolve_dot_names(nlp.config.interpolate(), ["corpora.train", "corpora.dev"])
+    if run.SYSTEMS[system].n_experts is not None:
+        ner = nlp.get_pipe("bond_moe_ner")
+        assert ner.n_experts == run.SYSTEMS[system].n_experts
+        if system == "bond_filter":
+            assert ner.label_filter.threshold == pytest.approx(0.7)
+        if system.startswith("bond_case"):
+            names = {node.name for node in ner.model.walk()}
+            assert "case_aware_tok2vec" in names
+            assert ("residual" in " ".join(names)) == (system == "bond_case_affix")
