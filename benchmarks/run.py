@@ -107,6 +107,12 @@ LABEL_FILTER: Tuple[Tuple[str, str], ...] = (
      '{"@misc":"spacy-bond-moe.confidence_filter.v1","threshold":0.7,"max_removed":0.9}'),
     ("--training.before_update.filter_every", "100"),
 )
+LABEL_FILTER_O: Tuple[Tuple[str, str], ...] = (
+    (f"--components.{COMPONENT}.label_filter",
+     '{"@misc":"spacy-bond-moe.confidence_filter.v1","threshold":0.7,"max_removed":0.9,'
+     '"remove":"o"}'),
+    ("--training.before_update.filter_every", "100"),
+)
 
 # The systems. `wo_moe` (= K=1 with self-training; fairness is moot with one expert, and the E-step
 # callback skips K=1) is exactly the `bond` command, so only `bond` is run: `--system wo_moe` is an
@@ -170,6 +176,9 @@ SYSTEMS: Dict[str, System] = {
         System("bond_filter", "configs/minilm.cfg",
                "investigation: BOND (K=1) with RoSTER's noisy-label removal in stage I "
                "(threshold 0.7, every 100 steps)", n_experts=1, extra=LABEL_FILTER),
+        System("bond_filter_o", "configs/minilm.cfg",
+               "investigation: `bond_filter` removing distant O labels only (entity labels kept)",
+               n_experts=1, extra=LABEL_FILTER_O),
         System("bond_moe_soft", "configs/minilm.cfg",
                "investigation: BOND-MoE with a soft M-step (each document's loss spread over the "
                "experts by its Sinkhorn-plan responsibilities)", n_experts=3,
@@ -180,7 +189,8 @@ ALIASES: Dict[str, str] = {"wo_moe": "bond"}
 # Systems run one by one to test a hypothesis; not part of the --all suite table.
 INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_moe_warmup",
                                   "bond_moe_warmup_cnn", "bond_moe_soft", "bond_case",
-                                  "bond_case_affix", "bond_gce", "bond_odrop", "bond_filter")
+                                  "bond_case_affix", "bond_gce", "bond_odrop", "bond_filter",
+                                  "bond_filter_o")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.

@@ -1,7 +1,7 @@
 """RoSTER's noisy-label removal: distant labels the model contradicts are dropped from
 stage I, refreshed periodically, never all of one type."""
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Literal, Sequence
 
 import numpy
 from spacy.util import registry
@@ -22,10 +22,13 @@ def type_groups(tags: Sequence[str]) -> List[str]:
 class ConfidenceFilter:
     """Keep a distant label where the model gives its type (B-X + I-X, or O) a probability
     above `threshold`; a type that would lose more than `max_removed` of its labelled
-    tokens keeps them all (RoSTER's safety reset)."""
+    tokens keeps them all (RoSTER's safety reset). `remove = "o"` only ever removes distant
+    O labels (the missed entities, distant supervision's main noise; RoSTER's binary loss
+    keeps every distant entity too)."""
 
     threshold: float = 0.7
     max_removed: float = 0.9
+    remove: Literal["any", "o"] = "any"
 
     def __call__(
         self, mixtures: Sequence[numpy.ndarray], labels: Sequence[numpy.ndarray], tags: Sequence[str]
@@ -45,6 +48,8 @@ class ConfidenceFilter:
             p_type = (probs @ member.T) if len(ids) else numpy.zeros((0, len(names)))
             keep = numpy.zeros(ids.shape, dtype=bool)
             keep[labelled] = p_type[numpy.flatnonzero(labelled), t[labelled]] > self.threshold
+            if self.remove == "o":
+                keep |= labelled & (t != names.index("O"))
             keeps.append(keep)
             types.append(t)
         all_types = numpy.concatenate(types) if types else numpy.zeros((0,), dtype=int)
@@ -66,11 +71,13 @@ class ConfidenceFilter:
 
 
 @registry.misc("spacy-bond-moe.confidence_filter.v1")
-def build_confidence_filter_v1(threshold: float = 0.7, max_removed: float = 0.9) -> ConfidenceFilter:
+def build_confidence_filter_v1(
+    threshold: float = 0.7, max_removed: float = 0.9, remove: Literal["any", "o"] = "any"
+) -> ConfidenceFilter:
     """RoSTER's noisy-label removal (τ = 0.7, reset above 90% removed): see `ConfidenceFilter`."""
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"[bond_moe_ner] label filter threshold must be in (0, 1), got {threshold}")
     if not 0.0 <= max_removed <= 1.0:
         raise ValueError(f"[bond_moe_ner] label filter max_removed must be in [0, 1], got {max_removed}")
-    return ConfidenceFilter(threshold, max_removed)
+    return ConfidenceFilter(threshold, max_removed, remove)
 

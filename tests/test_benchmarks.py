@@ -703,8 +703,9 @@ def test_every_system_config_builds_with_its_overrides(tmp_path, system):
     if run.SYSTEMS[system].n_experts is not None:
         ner = nlp.get_pipe("bond_moe_ner")
         assert ner.n_experts == run.SYSTEMS[system].n_experts
-        if system == "bond_filter":
+        if system.startswith("bond_filter"):
             assert ner.label_filter.threshold == pytest.approx(0.7)
+            assert ner.label_filter.remove == ("o" if system == "bond_filter_o" else "any")
         if system.startswith("bond_case"):
             names = {node.name for node in ner.model.walk()}
             assert "case_aware_tok2vec" in names

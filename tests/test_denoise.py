@@ -5,6 +5,7 @@ import pytest
 import spacy
 from spacy.training import Example
 from spacy.util import registry
+from thinc.api import ConfigValidationError
 
 from spacy_bond_moe.callbacks import create_em_schedule_v3
 from spacy_bond_moe.denoise import build_confidence_filter_v1, type_groups
@@ -37,6 +38,10 @@ def test_confidence_filter_keeps_labels_whose_type_the_model_believes():
     result = build_confidence_filter_v1(threshold=0.7, max_removed=0.9)([probs], [ids], TAGS)
     assert result["keep"][0].tolist() == [False, True, True, False, True]
     assert result["reset"] == ["LOC"] and result["removed"]["LOC"] == 0.0
+    # remove = "o": only distant O labels go (the B-LOC label stays whatever the model says).
+    result = build_confidence_filter_v1(threshold=0.7, max_removed=1.0, remove="o")([probs], [ids], TAGS)
+    assert result["keep"][0].tolist() == [False, True, True, False, True]
+    assert result["removed"] == pytest.approx({"O": 0.5, "PER": 0.0, "LOC": 0.0})
 
 
 def test_confidence_filter_empty_docs_and_bad_values():
@@ -48,6 +53,9 @@ def test_confidence_filter_empty_docs_and_bad_values():
         build_confidence_filter_v1(max_removed=1.5)
     config = {"x": {"@misc": "spacy-bond-moe.confidence_filter.v1", "threshold": 0.8}}
     assert registry.resolve(config)["x"].threshold == 0.8
+    config["x"]["remove"] = "entities"
+    with pytest.raises(ConfigValidationError, match="remove"):
+        registry.resolve(config)
 
 
 def _pipeline(label_filter=True):
