@@ -114,6 +114,9 @@ LABEL_FILTER_O: Tuple[Tuple[str, str], ...] = (
     ("--training.before_update.filter_every", "100"),
 )
 
+# A shared stage that outlasts any step cap: every expert trains on every document, no E-step.
+NEVER_ROUTED = str(10**9)
+
 # The systems. `wo_moe` (= K=1 with self-training; fairness is moot with one expert, and the E-step
 # callback skips K=1) is exactly the `bond` command, so only `bond` is run: `--system wo_moe` is an
 # alias for it and report.py fills Table II's "w/o MoE" row from the `bond` JSONs.
@@ -179,6 +182,12 @@ SYSTEMS: Dict[str, System] = {
         System("bond_filter_o", "configs/minilm.cfg",
                "investigation: `bond_filter` removing distant O labels only (entity labels kept)",
                n_experts=1, extra=LABEL_FILTER_O),
+        System("bond_moe_ensemble", "configs/minilm.cfg",
+               "investigation: K=2 separate MiniLM encoders, each trained on every document "
+               "throughout (never routed; members differ by initialisation and dropout), their mean "
+               "as teacher and at inference", n_experts=2,
+               extra=((f"--components.{COMPONENT}.model.expert_mode", "separate"),
+                      ("--training.before_update.shared_steps", NEVER_ROUTED))),
         System("bond_moe_soft", "configs/minilm.cfg",
                "investigation: BOND-MoE with a soft M-step (each document's loss spread over the "
                "experts by its Sinkhorn-plan responsibilities)", n_experts=3,
@@ -190,7 +199,7 @@ ALIASES: Dict[str, str] = {"wo_moe": "bond"}
 INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_moe_warmup",
                                   "bond_moe_warmup_cnn", "bond_moe_soft", "bond_case",
                                   "bond_case_affix", "bond_gce", "bond_odrop", "bond_filter",
-                                  "bond_filter_o")
+                                  "bond_filter_o", "bond_moe_ensemble")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.
