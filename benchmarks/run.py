@@ -188,6 +188,9 @@ SYSTEMS: Dict[str, System] = {
                "as teacher and at inference", n_experts=2,
                extra=((f"--components.{COMPONENT}.model.expert_mode", "separate"),
                       ("--training.before_update.shared_steps", NEVER_ROUTED))),
+        System("bond_lr1e4", "configs/minilm.cfg",
+               "investigation: BOND (K=1) with a peak learning rate of 1e-4 (configs: 5e-5)",
+               n_experts=1, extra=(("--training.optimizer.learn_rate.initial_rate", "0.0001"),)),
         System("bond_moe_soft", "configs/minilm.cfg",
                "investigation: BOND-MoE with a soft M-step (each document's loss spread over the "
                "experts by its Sinkhorn-plan responsibilities)", n_experts=3,
@@ -199,7 +202,7 @@ ALIASES: Dict[str, str] = {"wo_moe": "bond"}
 INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_moe_warmup",
                                   "bond_moe_warmup_cnn", "bond_moe_soft", "bond_case",
                                   "bond_case_affix", "bond_gce", "bond_odrop", "bond_filter",
-                                  "bond_filter_o", "bond_moe_ensemble")
+                                  "bond_filter_o", "bond_moe_ensemble", "bond_lr1e4")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.

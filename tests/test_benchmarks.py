@@ -706,6 +706,8 @@ def test_every_system_config_builds_with_its_overrides(tmp_path, system):
         if system.startswith("bond_filter"):
             assert ner.label_filter.threshold == pytest.approx(0.7)
             assert ner.label_filter.remove == ("o" if system == "bond_filter_o" else "any")
+        if system == "bond_lr1e4":
+            assert nlp.config["training"]["optimizer"]["learn_rate"]["initial_rate"] == 1e-4
         if system == "bond_moe_ensemble":
             assert ner.model.attrs["expert_mode"] == "separate"
         if system.startswith("bond_case"):
