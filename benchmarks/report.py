@@ -475,7 +475,8 @@ def investigations_section(main: Dict[str, List[Run]]) -> List[str]:
              "Summary: F1 % of the dev-best checkpoint, mean ± std over seeds, beside the suite's "
              "K=3 and K=1 systems with the same encoder (`bond_moe` / `bond` for MiniLM, "
              "`bond_moe_cnn` / `bond_cnn` for `*_cnn`) on the same dataset and step cap. Then per "
-             "run: dev-best / last checkpoint beside that K=3 system with the same seed.", ""]
+             "run: the dev F1 that selected the checkpoint, and dev-best / last checkpoint beside "
+             "those K=3 and K=1 systems with the same seed.", ""]
 
     def pair(r: Run) -> str:
         return f"{fmt_num(metric(r, 'eval_at_best'))} / {fmt_num(metric(r, 'eval_at_last'))}"
@@ -491,14 +492,17 @@ def investigations_section(main: Dict[str, List[Run]]) -> List[str]:
     lines += table(["dataset", "system", "F1", "suite K=3", "suite K=1"], summary) + [""]
     rows = []
     for run in runs:
-        k3 = suite_baselines(run["system"])[0]
-        base = [r for r in main.get(run["dataset"], [])
-                if r["system"] == k3 and r["seed"] == run["seed"]]
+        same_seed = []
+        for suite in suite_baselines(run["system"]):
+            base = [r for r in main.get(run["dataset"], [])
+                    if r["system"] == suite and r["seed"] == run["seed"]]
+            same_seed.append(pair(base[0]) if base else NOT_RUN)
         dataset = f"{TITLES.get(run['dataset'], run['dataset'])} ({split_name([run])})"
-        rows.append([dataset, f"`{run['system']}`",
-                     str(run["seed"]), run.get("system_description", ""), pair(run),
-                     pair(base[0]) if base else NOT_RUN])
-    header = ["dataset", "system", "seed", "what changes", "F1 best / last", "suite K=3 best / last"]
+        rows.append([dataset, f"`{run['system']}`", str(run["seed"]),
+                     run.get("system_description", ""), fmt_num(metric(run, "dev_at_best")),
+                     pair(run), *same_seed])
+    header = ["dataset", "system", "seed", "what changes", "dev F1 (selects)", "F1 best / last",
+              "suite K=3 best / last", "suite K=1 best / last"]
     return lines + table(header, rows) + [""]
 
 
