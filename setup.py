@@ -21,7 +21,7 @@ setup(
         "spacy-transformers==1.4.0",
         "transformers<4.53.3",
         "thinc>=8.3.4,<8.4",
-        "torch>=2.0",
+        "torch>=2.6",  # torch.load defaults to weights_only (safe unpickling)
         "typer>=0.9",
         "srsly>=2.4",
         "weasel>=0.4,<1.1",

@@ -1,9 +1,14 @@
 """The `bond_moe_ner` pipeline component: K experts, hard-EM routing, self-training."""
 import time
 from itertools import islice
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import (
+    Any, Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple, Union,
+)
 
 import numpy
+import srsly
+from spacy import util
 from spacy.language import Language
 from spacy.pipeline import TrainablePipe
 from spacy.tokens import Doc, SpanGroup
@@ -14,6 +19,8 @@ from thinc.types import Floats3d
 
 from . import em
 from .architectures import LR_SCALE_ATTR, PREDICT_TOKENS, predict_in_length_groups
+from .denoise import LabelFilter
+from .integrity import load_model_bytes, read_verified, write_model
 from .losses import (
     EPS,
     DistantLoss,
@@ -32,7 +39,6 @@ from .tags import (
     transition_mask,
     viterbi_decode,
 )
-from .denoise import LabelFilter
 from .teacher import PseudoLabeller, Targets, Teacher, build_soft_pseudo_labels_v1
 
 EXPERT_EXTENSION = "bond_moe_expert"
@@ -509,6 +515,50 @@ class BondMoENER(TrainablePipe):
         }
         self._events.append(event)
         return event
+
+    # ---------------------------------------------------------- serialization
+    def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:
+        """As TrainablePipe.to_disk, plus `model.sha256`, the digest of the weights."""
+        self._validate_serialization_attrs()
+        serialize = {
+            "cfg": lambda p: srsly.write_json(p, self.cfg),
+            "vocab": lambda p: self.vocab.to_disk(p, exclude=exclude),
+            "model": lambda p: write_model(self.model, p),
+        }
+        util.to_disk(path, serialize, exclude)
+
+    def from_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> "BondMoENER":
+        """As TrainablePipe.from_disk, with the weights checked against their digest, read by
+        torch's weights-only unpickler and matched with the labels; errors name the file."""
+        self._validate_serialization_attrs()
+        deserialize = {
+            "cfg": lambda p: self.cfg.update(srsly.read_json(p)),
+            "vocab": lambda p: self.vocab.from_disk(p, exclude=exclude),
+            "model": lambda p: load_model_bytes(self.model, read_verified(p), str(p)),
+        }
+        util.from_disk(path, deserialize, exclude)
+        self._check_weights_fit_labels(str(path))
+        return self
+
+    def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "BondMoENER":
+        """As TrainablePipe.from_bytes, with the weights-only unpickler and the label check."""
+        self._validate_serialization_attrs()
+        deserialize = {
+            "cfg": lambda b: self.cfg.update(srsly.json_loads(b)),
+            "vocab": lambda b: self.vocab.from_bytes(b, exclude=exclude),
+            "model": lambda b: load_model_bytes(self.model, b, f"the bytes of {self.name}"),
+        }
+        util.from_bytes(bytes_data, deserialize, exclude)
+        self._check_weights_fit_labels(f"the bytes of {self.name}")
+        return self
+
+    def _check_weights_fit_labels(self, source: str) -> None:
+        n_out = self.model.get_dim("nO") if self.model.has_dim("nO") else None
+        if n_out is not None and n_out != len(self.tags):
+            raise ValueError(
+                f"[bond_moe_ner] {source}: cfg lists {len(self.labels)} labels ({len(self.tags)} "
+                f"BIO tags) but the weights have {n_out} outputs: cfg and model do not belong together"
+            )
 
     def pop_events(self) -> List[Dict[str, Any]]:
         """Return and clear the E-step / teacher events since the last call."""
