@@ -363,7 +363,7 @@ def case_aware_forward(
     encoder, features, *mixer = model.layers
     encoded, bp_encoder = encoder(docs, is_train)
     featured, bp_features = features(docs, is_train)
-    widths = (encoded[0].shape[1], featured[0].shape[1]) if docs else (0, 0)
+    split = encoded[0].shape[1] if docs else 0  # the encoder's columns come first
     vectors = _hstack(model, encoded, featured)
     bp_mixer = None
     if mixer:
@@ -373,8 +373,8 @@ def case_aware_forward(
         if bp_mixer is not None:
             d_vectors = bp_mixer(d_vectors)
         xp = model.ops.xp
-        bp_encoder([xp.ascontiguousarray(d[:, : widths[0]]) for d in d_vectors])
-        bp_features([xp.ascontiguousarray(d[:, widths[0]:]) for d in d_vectors])
+        bp_encoder([xp.ascontiguousarray(d[:, :split]) for d in d_vectors])
+        bp_features([xp.ascontiguousarray(d[:, split:]) for d in d_vectors])
         return docs
 
     return vectors, backprop
