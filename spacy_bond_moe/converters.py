@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -254,7 +256,8 @@ def convert(
     """Convert one split to a DocBin at `output`; return its counts.
 
     `inputs` is (json file, tag_to_id.json) for ``"bond"`` and (text file, label file)
-    for ``"roster"``. Nothing is written unless the whole input is valid.
+    for ``"roster"``. Nothing is written unless the whole input is valid and holds at
+    least one non-empty sentence.
     """
     if input_format == "bond":
         sentences = read_bond_json(*inputs)
@@ -277,6 +280,10 @@ def convert(
         stats.n_tokens += len(doc)
         stats.n_repaired += n_repaired
         n_ents.update(ent.label_ for ent in doc.ents)
+    if stats.n_docs == 0:
+        raise ConversionError(
+            inputs[0], f"no documents: all {stats.n_skipped_empty} sentences are empty"
+        )
     stats.n_ents = dict(sorted(n_ents.items()))
     _write_atomic(doc_bin, Path(output))
     logger.info(
@@ -286,27 +293,116 @@ def convert(
     return stats
 
 
+class DirResults(Dict[str, ConversionStats]):
+    """Counts per converted split; `removed` lists the stale split files deleted from the
+    output folder (splits the source no longer has)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.removed: List[Path] = []
+
+
+def _make_dirs(folder: Path) -> List[Path]:
+    """Create `folder` and its missing parents; return those created, deepest first."""
+    chain = [folder, *folder.parents]
+    created = chain[: next(i for i, path in enumerate(chain) if path.exists())]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        _remove_dirs(created)
+        raise ConversionError(folder, f"cannot create the output folder ({err})") from err
+    return created
+
+
+def _remove_dirs(created: Sequence[Path]) -> None:
+    """Remove the folders `_make_dirs` created, deepest first, where they are still empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _move_into_place(tmp: Path, out_dir: Path, names: Sequence[str], stale: Sequence[str]) -> List[Path]:
+    """Move the files `names` from `tmp` into `out_dir` and delete the files `stale` there.
+
+    The files replaced or deleted are first moved into ``tmp/previous`` and moved back if a
+    step fails, so that `out_dir` holds either all the old files or all the new ones.
+    Returns the stale files deleted.
+    """
+    backup = tmp / "previous"
+    saved: List[str] = []
+    placed: List[str] = []
+    try:
+        backup.mkdir()
+        for name in [*names, *stale]:
+            if (out_dir / name).exists():
+                os.replace(out_dir / name, backup / name)
+                saved.append(name)
+        for name in names:
+            os.replace(tmp / name, out_dir / name)
+            placed.append(name)
+    except OSError as err:
+        problem = f"cannot move the converted files into place ({err})"
+        try:
+            for name in placed:
+                (out_dir / name).unlink()
+            for name in saved:
+                os.replace(backup / name, out_dir / name)
+        except OSError:
+            raise ConversionError(out_dir, f"{problem}; the previous files are in {backup}") from err
+        raise ConversionError(out_dir, problem) from err
+    return [out_dir / name for name in stale if name in saved]
+
+
 def _convert_dir(
     input_format: str,
     split_inputs: Dict[str, Tuple[Path, Path]],
     out_dir: Path,
     dataset: str,
     src_dir: Path,
-) -> Dict[str, ConversionStats]:
-    """Convert each split whose sentence file (first input) exists; log and skip the others."""
+) -> DirResults:
+    """Convert each split whose sentence file (first input) exists; log and skip the others.
+
+    Every split is written into a temporary folder beside `out_dir` and moved into place
+    only once all have converted, so a failure leaves `out_dir` as it was. A split file in
+    `out_dir` whose split the source lacks is stale and deleted (`DirResults.removed`).
+    """
     if not any(inputs[0].exists() for inputs in split_inputs.values()):
         raise ConversionError(src_dir, f"no {input_format} split files found")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results: Dict[str, ConversionStats] = {}
-    for split, inputs in split_inputs.items():
-        if not inputs[0].exists():
-            logger.warning("%s: no %s split (%s not found), skipped", dataset, split, inputs[0].name)
-            continue
-        results[split] = convert(input_format, inputs, out_dir / f"{split}.spacy", dataset, split)
+    existing = next(path for path in [out_dir, *out_dir.parents] if path.exists())
+    if not existing.is_dir():
+        raise ConversionError(existing, f"is a file, not a folder: cannot create the output folder {out_dir}")
+    created = _make_dirs(out_dir.parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    except OSError as err:
+        _remove_dirs(created)
+        raise ConversionError(out_dir, f"cannot write beside the output folder ({err})") from err
+    results = DirResults()
+    done = False
+    try:
+        for split, inputs in split_inputs.items():
+            if not inputs[0].exists():
+                logger.warning("%s: no %s split (%s not found), skipped", dataset, split, inputs[0].name)
+                continue
+            results[split] = convert(input_format, inputs, tmp / f"{split}.spacy", dataset, split)
+        created = _make_dirs(out_dir) + created
+        names = [f"{split}.spacy" for split in results]
+        stale = [f"{split}.spacy" for split in split_inputs if split not in results]
+        results.removed = _move_into_place(tmp, out_dir, names, stale)
+        done = True
+    finally:
+        if done or not any((tmp / "previous").glob("*")):  # else it holds the old files
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            _remove_dirs(created)
+    for path in results.removed:
+        logger.warning("%s: removed the stale %s (the source has no such split)", dataset, path)
     return results
 
 
-def convert_bond_dir(src_dir: Path, out_dir: Path, dataset: str) -> Dict[str, ConversionStats]:
+def convert_bond_dir(src_dir: Path, out_dir: Path, dataset: str) -> DirResults:
     """Convert a BOND dataset folder ({train,dev,test}.json + tag_to_id.json) to {split}.spacy."""
     src_dir = Path(src_dir)
     tag_map = src_dir / BOND_TAG_MAP
@@ -316,7 +412,7 @@ def convert_bond_dir(src_dir: Path, out_dir: Path, dataset: str) -> Dict[str, Co
     return _convert_dir("bond", split_inputs, Path(out_dir), dataset, src_dir)
 
 
-def convert_roster_dir(src_dir: Path, out_dir: Path, dataset: str) -> Dict[str, ConversionStats]:
+def convert_roster_dir(src_dir: Path, out_dir: Path, dataset: str) -> DirResults:
     """Convert a RoSTER data folder to {split}.spacy (train from distant labels only)."""
     src_dir = Path(src_dir)
     split_inputs = {

@@ -12,6 +12,8 @@ skip, filter and overlap is counted in :class:`LabelSummary`.
 
 import json
 import logging
+import os
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +36,8 @@ DEFAULT_PRIORITY = ("ORG", "PER", "LOC", "MISC")
 CAPITALISED_LABELS = ("PER", "ORG", "LOC")
 INPUT_FORMATS = ("text", "tokens", "jsonl", "spacy")
 PHRASE_CHUNK = 10000  # phrase patterns tokenised and added to the PhraseMatcher at a time
+MAX_LINE_CHARS = 100000  # longer input lines are skipped (spaCy's tokenizer refuses 1,000,000)
+MAX_LISTED_LINES = 10  # line numbers of skipped or repaired lines kept in the summary
 
 
 class DistantError(ValueError):
@@ -80,10 +84,36 @@ def _entry(path: Path, line: int, label: object, pattern: object, source: str) -
         errors = validate_token_pattern(pattern)
         if errors:
             raise DistantError(path, f"invalid token pattern: {'; '.join(errors)}", line)
+        for regex in _regexes(pattern):
+            try:
+                re.compile(regex)
+            except re.error as err:
+                raise DistantError(path, f"invalid REGEX {regex!r} ({err})", line) from None
         return KBEntry(label.strip(), pattern, source)
     raise DistantError(
         path, f"'pattern' must be a string or a list of token objects, got {type(pattern).__name__}", line
     )
+
+
+def _regexes(value: object) -> Iterator[str]:
+    """Every ``{"REGEX": ...}`` value in a token pattern, at any depth."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "REGEX" and isinstance(item, str):
+                yield item
+            else:
+                yield from _regexes(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _regexes(item)
+
+
+def _read_lines(path: Path, what: str) -> List[str]:
+    """The lines of a UTF-8 text file, without a leading byte-order mark."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DistantError(path, f"cannot read {what} ({err})") from None
 
 
 def _read_jsonl(path: Path, lines: List[str]) -> Iterator[Tuple[int, Optional[KBEntry]]]:
@@ -113,10 +143,7 @@ def _read_tsv(path: Path, lines: List[str]) -> Iterator[Tuple[int, Optional[KBEn
 def read_kb(path: Union[str, Path], stats: Optional[KBStats] = None) -> List[KBEntry]:
     """Read one knowledge base (JSONL or TSV, by extension; else sniffed from its first line)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DistantError(path, f"cannot read knowledge base ({err})") from None
+    lines = _read_lines(path, "knowledge base")
     first = next((line for line in lines if line.strip() and not line.startswith("#")), "")
     is_jsonl = path.suffix in (".jsonl", ".json") or (
         path.suffix not in (".tsv", ".txt") and first.lstrip().startswith("{")
@@ -157,6 +184,18 @@ def load_kbs(paths: Sequence[Union[str, Path]]) -> Tuple[List[KBEntry], KBStats]
     return entries, stats
 
 
+def _listed(numbers: Sequence[int], total: int) -> str:
+    """``line 3, 8`` or ``line 3, 8, ... (first 2 of 5)``."""
+    more = f", ... (first {len(numbers)} of {total})" if total > len(numbers) else ""
+    return "line " + ", ".join(map(str, numbers)) + more
+
+
+def _note_line(numbers: List[int], number: int) -> None:
+    """Keep `number` among the first MAX_LISTED_LINES line numbers."""
+    if len(numbers) < MAX_LISTED_LINES:
+        numbers.append(number)
+
+
 @dataclass
 class LabelSummary:
     """Counts of one labelling run (printed and saved next to the output)."""
@@ -166,6 +205,11 @@ class LabelSummary:
     n_entity_tokens: int = 0
     n_docs_with_ents: int = 0
     n_skipped_empty: int = 0
+    n_skipped_long: int = 0
+    skipped_long_lines: List[int] = field(default_factory=list)  # the first MAX_LISTED_LINES
+    n_nul_removed: int = 0  # NUL characters stripped from the input
+    n_nul_lines: int = 0
+    nul_lines: List[int] = field(default_factory=list)  # the first MAX_LISTED_LINES
     n_replaced_ents: int = 0
     ents: Dict[str, int] = field(default_factory=Counter)
     hits: Dict[str, int] = field(default_factory=Counter)
@@ -192,6 +236,21 @@ class LabelSummary:
         data["doc_coverage"] = round(self.doc_coverage, 6)
         return data
 
+    def warnings(self) -> List[str]:
+        """One line for the skipped over-long lines and one for the NUL characters removed."""
+        lines = []
+        if self.n_skipped_long:
+            lines.append(
+                f"skipped {self.n_skipped_long} over-long input line(s) "
+                f"({_listed(self.skipped_long_lines, self.n_skipped_long)})"
+            )
+        if self.n_nul_removed:
+            lines.append(
+                f"removed {self.n_nul_removed} NUL character(s) from {self.n_nul_lines} input line(s) "
+                f"({_listed(self.nul_lines, self.n_nul_lines)})"
+            )
+        return lines
+
     def format(self) -> str:
         """A short plain-text report."""
         lines = [
@@ -204,6 +263,12 @@ class LabelSummary:
             "filtered: " + (", ".join(f"{k} {v}" for k, v in sorted(self.filtered.items())) or "none")
             + f"; overlaps dropped {self.overlaps_dropped}",
         ]
+        if self.filtered.get("caseless"):
+            lines.append(
+                f"caseless: {self.filtered['caseless']} matches in scripts without case (e.g. Chinese, "
+                "Japanese, Thai) dropped by the capitalisation filters; --caseless-ok keeps them"
+            )
+        lines += self.warnings()
         if self.n_propagated_names:
             lines.append(f"propagated names: {self.n_propagated_names} surnames learnt from full names")
         if self.kb is not None:
@@ -213,6 +278,12 @@ class LabelSummary:
                 f"{self.kb.ambiguous} with several labels"
             )
         return "\n".join(lines)
+
+
+def is_caseless(text: str) -> bool:
+    """Whether `text` is a word of a script without case (Chinese, Japanese, Thai, ...): it
+    has letters (vowel signs such as Thai's are marks, not letters) and no cased character."""
+    return any(char.isalpha() for char in text) and text.lower() == text.upper()
 
 
 @dataclass(frozen=True)
@@ -238,10 +309,12 @@ class DistantLabeller:
         skip_lowercase: bool = True,
         capitalised_labels: Sequence[str] = CAPITALISED_LABELS,
         priority: Sequence[str] = DEFAULT_PRIORITY,
+        caseless_ok: bool = False,
     ) -> None:
         self.nlp = nlp
         self.skip_stopwords = skip_stopwords
         self.skip_lowercase = skip_lowercase
+        self.caseless_ok = caseless_ok
         self.capitalised_labels = set(capitalised_labels)
         self.priority = {label: rank for rank, label in enumerate(priority)}
         self.phrase_matcher = PhraseMatcher(nlp.vocab, attr="LOWER" if ignore_case else "ORTH")
@@ -309,13 +382,20 @@ class DistantLabeller:
             if span is not None:
                 yield _Candidate(span.start, span.end, label, source, 1 if rule is None else 2)
 
+    def _capitalised(self, text: str) -> bool:
+        """Whether `text` starts with a capital; with `caseless_ok`, a caseless word counts too."""
+        return text[:1].isupper() or (self.caseless_ok and is_caseless(text))
+
     def _rejection(self, span: Span, label: str) -> Optional[str]:
+        """The filter that drops `span`, or None. ``caseless``: a capitalisation filter that
+        only failed because the words have no case (北京), kept with `caseless_ok`."""
         if self.skip_stopwords and all(token.is_stop or token.is_punct for token in span):
             return "stopwords"
-        if self.skip_lowercase and not any(token.text[:1].isupper() for token in span):
-            return "lowercase"
-        if label in self.capitalised_labels and not (span[-1].text[:1].isupper() or span[-1].is_digit):
-            return "uncapitalised_head"
+        if self.skip_lowercase and not any(self._capitalised(token.text) for token in span):
+            return "caseless" if any(is_caseless(token.text) for token in span) else "lowercase"
+        head = span[-1]
+        if label in self.capitalised_labels and not (self._capitalised(head.text) or head.is_digit):
+            return "caseless" if is_caseless(head.text) else "uncapitalised_head"
         return None
 
     def label(self, doc: Doc, summary: Optional[LabelSummary] = None) -> Doc:
@@ -353,8 +433,18 @@ class DistantLabeller:
         return doc
 
 
-def read_docs(path: Path, nlp: Language, input_format: str, summary: LabelSummary) -> Iterator[Doc]:
-    """Docs from `path` with ids ``"{file stem}:{index}"`` (or the JSONL ``"id"``)."""
+def read_docs(
+    path: Path,
+    nlp: Language,
+    input_format: str,
+    summary: LabelSummary,
+    max_line_chars: int = MAX_LINE_CHARS,
+) -> Iterator[Doc]:
+    """Docs from `path` with ids ``"{file stem}:{index}"`` (or the JSONL ``"id"``).
+
+    In line formats, a leading byte-order mark and NUL characters are removed, and lines
+    longer than `max_line_chars` are skipped; both are counted in `summary`.
+    """
     if input_format not in INPUT_FORMATS:
         raise ValueError(f"unknown input format {input_format!r}; expected one of {INPUT_FORMATS}")
     if input_format == "spacy":
@@ -366,23 +456,36 @@ def read_docs(path: Path, nlp: Language, input_format: str, summary: LabelSummar
             doc.user_data.setdefault(DOC_ID_KEY, f"{path.stem}:{index}")
             yield doc
         return
-    try:
-        lines = path.read_text(encoding="utf8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DistantError(path, f"cannot read input ({err})") from None
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(_read_lines(path, "input"), start=1):
+        if "\x00" in line:
+            summary.n_nul_removed += line.count("\x00")
+            summary.n_nul_lines += 1
+            _note_line(summary.nul_lines, number)
+            line = line.replace("\x00", "")
         if not line.strip():
             summary.n_skipped_empty += 1
             continue
+        if len(line) > max_line_chars:
+            summary.n_skipped_long += 1
+            _note_line(summary.skipped_long_lines, number)
+            continue
         doc_id = f"{path.stem}:{number - 1}"
         if input_format == "text":
-            doc = nlp.make_doc(line)
+            doc = _make_doc(path, number, line, nlp)
         elif input_format == "tokens":
             doc = Doc(nlp.vocab, words=line.split())
         else:
             doc, doc_id = _jsonl_doc(path, number, line, nlp, doc_id)
         doc.user_data[DOC_ID_KEY] = doc_id
         yield doc
+
+
+def _make_doc(path: Path, number: int, text: str, nlp: Language) -> Doc:
+    """Tokenise one line's text; a tokenizer error (E088: too long) names the line."""
+    try:
+        return nlp.make_doc(text)
+    except ValueError as err:
+        raise DistantError(path, str(err), number) from None
 
 
 def _jsonl_doc(path: Path, number: int, line: str, nlp: Language, doc_id: str) -> Tuple[Doc, str]:
@@ -396,7 +499,7 @@ def _jsonl_doc(path: Path, number: int, line: str, nlp: Language, doc_id: str) -
     if isinstance(record.get("tokens"), list) and all(isinstance(t, str) and t for t in record["tokens"]):
         return Doc(nlp.vocab, words=record["tokens"]), doc_id
     if isinstance(record.get("text"), str):
-        return nlp.make_doc(record["text"]), doc_id
+        return _make_doc(path, number, record["text"], nlp), doc_id
     raise DistantError(path, "expected 'text' (a string) or 'tokens' (a list of non-empty strings)", number)
 
 
@@ -409,6 +512,36 @@ def detect_input_format(path: Path) -> str:
     return "text"
 
 
+def check_outputs(output: Path, summary_path: Optional[Path] = None) -> Path:
+    """Fail early unless `output` and the summary JSON can be written; return the summary's
+    path (default ``OUTPUT.summary.json``).
+
+    Each must not be a folder, and its nearest existing parent must be a writable folder
+    (missing folders are created when writing).
+    """
+    output = Path(output)
+    summary_path = Path(summary_path) if summary_path else output.with_name(output.name + ".summary.json")
+    if output.resolve() == summary_path.resolve():
+        raise DistantError(summary_path, "the summary JSON must not be the output DocBin")
+    for path in (output, summary_path):
+        if path.is_dir():
+            raise DistantError(path, "cannot write output: is a folder")
+        parent = next(folder for folder in path.parents if folder.exists())
+        if not parent.is_dir():
+            raise DistantError(path, f"cannot write output: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise DistantError(path, f"cannot write output: folder {parent} is not writable")
+    return summary_path
+
+
+def _write(path: Path, data: bytes, what: str) -> None:
+    """`write_atomic` with an OSError as a DistantError naming `path`."""
+    try:
+        write_atomic(path, data)
+    except OSError as err:
+        raise DistantError(path, f"cannot write the {what} ({err})") from None
+
+
 def label_file(
     labeller: DistantLabeller,
     input_path: Path,
@@ -418,19 +551,22 @@ def label_file(
     summary_path: Optional[Path] = None,
     progress: bool = False,
     propagate: bool = False,
+    max_line_chars: int = MAX_LINE_CHARS,
 ) -> LabelSummary:
-    """Label every doc of `input_path`; write the DocBin and the summary JSON atomically.
+    """Label every doc of `input_path`; write the DocBin, then the summary JSON, atomically.
 
-    With `propagate`, a first pass over the input learns PER surnames
+    The output paths are checked (:func:`check_outputs`) before anything is read. With
+    `propagate`, a first pass over the input learns PER surnames
     (:meth:`DistantLabeller.propagate_names`) and the second pass labels with them.
     """
     input_path, output = Path(input_path), Path(output)
+    summary_path = check_outputs(output, summary_path)
     input_format = input_format or detect_input_format(input_path)
     summary = LabelSummary(kb=labeller.kb_stats)
     if propagate:
-        names = labeller.propagate_names(read_docs(input_path, labeller.nlp, input_format, LabelSummary()))
-        summary.n_propagated_names = len(names)
-    docs = read_docs(input_path, labeller.nlp, input_format, summary)
+        first_pass = read_docs(input_path, labeller.nlp, input_format, LabelSummary(), max_line_chars)
+        summary.n_propagated_names = len(labeller.propagate_names(first_pass))
+    docs = read_docs(input_path, labeller.nlp, input_format, summary, max_line_chars)
     if progress:
         from tqdm import tqdm
 
@@ -438,10 +574,11 @@ def label_file(
     doc_bin = DocBin(store_user_data=True)
     for doc in docs:
         doc_bin.add(labeller.label(doc, summary))
+    for warning in summary.warnings():
+        logger.warning("%s: %s", input_path, warning)
     if summary.n_docs == 0:
         raise DistantError(input_path, "no documents to label")
-    write_atomic(output, doc_bin.to_bytes())
-    summary_path = summary_path or output.with_name(output.name + ".summary.json")
-    write_atomic(summary_path, srsly.json_dumps(summary.to_dict(), indent=2).encode("utf8") + b"\n")
+    _write(output, doc_bin.to_bytes(), "DocBin")
+    _write(summary_path, srsly.json_dumps(summary.to_dict(), indent=2).encode("utf8") + b"\n", "summary")
     logger.info("%s -> %s (%d docs); summary %s", input_path, output, summary.n_docs, summary_path)
     return summary

@@ -138,6 +138,7 @@ DOWNLOADED = "downloaded"  # downloaded, MD5 verified
 MISSING = "missing"  # not in the mirror / not found at the URL
 MISMATCH = "mismatch"  # wrong MD5: nothing written
 FAILED = "failed"  # other error (HTTP error, unreadable mirror file, cannot write)
+CORRUPT_SUFFIX = ".corrupt"  # a destination file with a wrong MD5 is moved to NAME.corrupt
 
 
 class FetchError(RuntimeError):
@@ -152,6 +153,7 @@ class FileResult:
     status: str
     actual_md5: Optional[str] = None
     detail: str = ""
+    moved_aside: Optional[Path] = None  # where the destination's corrupt copy now is
 
     @property
     def ok(self) -> bool:
@@ -162,6 +164,15 @@ class FileResult:
 
     def message(self) -> str:
         """A one-line report naming the file; a mismatch shows both checksums."""
+        aside = (
+            f"; the corrupt copy at the destination was moved to {self.moved_aside}"
+            if self.moved_aside is not None
+            else ""
+        )
+        return self._message() + aside
+
+    def _message(self) -> str:
+        """The report by status, without the note on a moved-aside copy."""
         f = self.file
         if self.status == MISMATCH:
             return (
@@ -266,6 +277,27 @@ def _fetch_one(file: DataFile, target: Path, mirror: Optional[Path]) -> FileResu
     return FileResult(file, status, actual_md5=actual, detail=where)
 
 
+def _refetch_corrupt(
+    file: DataFile, target: Path, existing: str, mirror: Optional[Path], log: Callable[[str], None]
+) -> FileResult:
+    """Move `target` (MD5 `existing`, wrong) aside to NAME.corrupt and fetch it again; the
+    aside copy is deleted once a verified file is in place, else kept and named."""
+    aside = target.with_name(target.name + CORRUPT_SUFFIX)
+    problem = f"{target} has MD5 {existing}, expected {file.md5}"
+    try:
+        os.replace(target, aside)
+    except OSError as err:
+        detail = f"{problem} and cannot be moved aside ({err}): it is still there"
+        return FileResult(file, FAILED, existing, detail)
+    log(f"{problem}: moved it to {aside}, fetching it again")
+    result = _fetch_one(file, target, mirror)
+    if result.status in (COPIED, DOWNLOADED):
+        aside.unlink(missing_ok=True)
+    else:
+        result.moved_aside = aside
+    return result
+
+
 def fetch_files(
     files: Sequence[DataFile],
     dest: Path,
@@ -275,8 +307,10 @@ def fetch_files(
     """Put `files` under `dest`, from `mirror` if given, else from their URLs.
 
     Files already at the destination with the right MD5 are skipped; one with a wrong MD5
-    is fetched again. Nothing whose MD5 is wrong is ever written. Raises `FetchError` when
-    the mirror is not a folder or the network is unreachable (HTTP 404 = missing file).
+    is moved aside to ``NAME.corrupt`` and fetched again (the aside copy is deleted once a
+    good one is in place), so no file with a wrong MD5 stays at a destination path. Nothing
+    whose MD5 is wrong is ever written. Raises `FetchError` when the mirror is not a folder
+    or the network is unreachable (HTTP 404 = missing file).
     """
     dest = Path(dest)
     if mirror is not None:
@@ -286,15 +320,13 @@ def fetch_files(
     results: List[FileResult] = []
     for file in files:
         target = dest / file.path
-        if target.is_file():
-            existing = md5_file(target)
-            if existing == file.md5:
-                result = FileResult(file, PRESENT, actual_md5=existing)
-                results.append(result)
-                log(result.message())
-                continue
-            log(f"{target} has MD5 {existing}, expected {file.md5}: fetching it again")
-        result = _fetch_one(file, target, mirror)
+        existing = md5_file(target) if target.is_file() else None
+        if existing is None:
+            result = _fetch_one(file, target, mirror)
+        elif existing == file.md5:
+            result = FileResult(file, PRESENT, actual_md5=existing)
+        else:
+            result = _refetch_corrupt(file, target, existing, mirror, log)
         results.append(result)
         log(result.message())
     return results

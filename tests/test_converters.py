@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -346,3 +347,140 @@ def test_webpage_real_data(tmp_path: Path) -> None:
     dev_docs = load_docs(tmp_path / "dev.spacy")
     assert len(dev_docs) == 99
     assert sum(len(d.ents) for d in dev_docs) == results["dev"].n_ents_total > 0
+
+
+# --- all-or-nothing output, stale splits, empty splits, bad output folders ----------------
+
+
+def snapshot(folder: Path) -> Dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_cli_failed_split_leaves_old_output_untouched(tmp_path: Path) -> None:
+    src = write_bond(tmp_path / "src", {"train": BOND_TRAIN, "dev": [sent(["Bonn"], [T["B-LOC"]])]})
+    out = tmp_path / "out"
+    assert CliRunner().invoke(app, ["convert", str(src), str(out)]).exit_code == 0
+    before = snapshot(out)
+    (src / "train.json").write_text(json.dumps(BOND_TRAIN[:1]))  # train converts, then dev fails
+    (src / "dev.json").write_text('[{"str_words": ["a"], "tags": [0]}, {oops}]')
+    result = CliRunner().invoke(app, ["convert", str(src), str(out)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {src / 'dev.json'}: invalid JSON at line 1 column 38: Expecting property name "
+        "enclosed in double quotes"
+    ]
+    assert "Traceback" not in result.output
+    assert snapshot(out) == before  # the new train.spacy was not moved in alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]  # no temporary folder left
+
+
+def test_cli_failed_split_leaves_no_new_output(tmp_path: Path) -> None:
+    src = write_bond(tmp_path / "src", {"train": BOND_TRAIN, "dev": '[{"str_words": ["a"]}]'})
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "new" / "out")])
+    assert result.exit_code == 1 and "dev.json: sentence 0: missing key 'tags'" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # not even the parent folder
+
+
+def test_cli_removes_stale_test_split(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = write_bond(tmp_path / "src", {"train": BOND_TRAIN, "test": [sent(["Bonn"], [T["B-LOC"]])]})
+    out = tmp_path / "out"
+    assert CliRunner().invoke(app, ["convert", str(src), str(out)]).exit_code == 0
+    (out / "notes.txt").write_text("kept")
+    (src / "test.json").unlink()
+    result = CliRunner().invoke(app, ["convert", str(src), str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"test: not found, skipped; removed the stale {out / 'test.spacy'}" in result.stdout
+    assert "dev: not found, skipped\n" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "train.spacy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+    with caplog.at_level(logging.WARNING, logger="spacy_bond_moe"):
+        (out / "test.spacy").write_bytes(b"old")
+        results = convert_bond_dir(src, out, "toy")
+    assert results.removed == [out / "test.spacy"] and not (out / "test.spacy").exists()
+    assert any("removed the stale" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_cli_split_of_only_empty_sentences_is_an_error(tmp_path: Path, split: str) -> None:
+    splits = {"train": BOND_TRAIN, "dev": BOND_TRAIN, split: [sent([], []), sent([], [])]}
+    src = write_bond(tmp_path / "src", splits)
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {src / f'{split}.json'}: no documents: all 2 sentences are empty"
+    assert not (tmp_path / "out").exists()
+
+
+def test_roster_split_of_only_empty_lines_is_an_error(tmp_path: Path) -> None:
+    text, labels = tmp_path / "t.txt", tmp_path / "l.txt"
+    text.write_text("\n \n")
+    labels.write_text("\n\n")
+    with pytest.raises(ConversionError, match=r"t\.txt: file is empty"):
+        convert("roster", (text, labels), tmp_path / "train.spacy", "c", "train")
+    assert not (tmp_path / "train.spacy").exists()
+
+
+@pytest.mark.parametrize("out_rel", ["file.txt/out", "file.txt"], ids=["parent-is-a-file", "out-is-a-file"])
+def test_cli_output_folder_cannot_be_created(tmp_path: Path, out_rel: str) -> None:
+    src = write_bond(tmp_path / "src", {"train": BOND_TRAIN})
+    (tmp_path / "file.txt").write_text("x")
+    out = tmp_path / out_rel
+    result = CliRunner().invoke(app, ["convert", str(src), str(out)])
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: {tmp_path / 'file.txt'}") and "cannot create the output folder" in line
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "src"]
+    assert (tmp_path / "file.txt").read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
+def test_cli_output_folder_permission_denied(tmp_path: Path) -> None:
+    src = write_bond(tmp_path / "src", {"train": BOND_TRAIN})
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        result = CliRunner().invoke(app, ["convert", str(src), str(locked / "out")])
+    finally:
+        locked.chmod(0o700)
+    assert result.exit_code == 1 and "Permission denied" in result.stderr
+    assert "Traceback" not in result.output and not any(locked.iterdir())
+
+
+def test_cli_output_folder_permission_denied_as_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = write_bond(tmp_path / "src", {"train": BOND_TRAIN})
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "locked" / "out")])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {tmp_path / 'locked'}: cannot create the output folder "
+        f"([Errno 13] Permission denied: '{tmp_path / 'locked'}')"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_failed_move_into_place_restores_old_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = write_bond(tmp_path / "src", {"train": BOND_TRAIN, "dev": BOND_TRAIN})
+    out = tmp_path / "out"
+    convert_bond_dir(src, out, "toy")
+    (out / "test.spacy").write_bytes(b"stale")
+    before = snapshot(out)
+    real_replace = os.replace
+
+    def replace(source: object, target: object) -> None:
+        if Path(source).parent.name != "previous" and Path(target) == out / "dev.spacy":
+            raise OSError("disk full")  # the second new file cannot be moved in
+        real_replace(source, target)
+
+    monkeypatch.setattr(converters.os, "replace", replace)
+    with pytest.raises(ConversionError) as info:
+        convert_bond_dir(src, out, "toy")
+    assert str(info.value) == f"{out}: cannot move the converted files into place (disk full)"
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]

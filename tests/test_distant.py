@@ -12,11 +12,14 @@ from typer.testing import CliRunner
 
 from spacy_bond_moe.cli import app
 from spacy_bond_moe.converters import DOC_ID_KEY
+from spacy_bond_moe import distant, fetch
 from spacy_bond_moe.distant import (
     DistantError,
     DistantLabeller,
     KBEntry,
     LabelSummary,
+    is_caseless,
+    label_file,
     load_kbs,
     read_kb,
 )
@@ -62,6 +65,11 @@ def test_read_tsv_and_jsonl(tmp_path):
         ("bad.jsonl", '\n{"label": "", "pattern": "Paris"}\n', 2, "non-empty string"),
         ("bad.jsonl", '{"label": "LOC", "pattern": 3}\n', 1, "string or a list"),
         ("bad.jsonl", '{"label": "LOC", "pattern": [{"NOPE": 1}]}\n', 1, "invalid token pattern"),
+        ("bad.jsonl",
+         '{"label": "LOC", "pattern": "Paris"}\n{"label": "LOC", "pattern": [{"TEXT": {"REGEX": "(["}}]}\n',
+         2, "invalid REGEX '([' (unterminated character set at position 1)"),
+        ("bad.jsonl", '{"label": "LOC", "pattern": [{"IS_TITLE": true}, {"LOWER": {"REGEX": "a)"}, "OP": "?"}]}\n',
+         1, "invalid REGEX 'a)'"),
         ("bad.tsv", "Paris\tLOC\nBerlin LOC\n", 2, "expected 'name<TAB>type'"),
         ("bad.tsv", "Paris\tLOC\textra\n", 1, "3 column(s)"),
     ],
@@ -287,3 +295,200 @@ def test_cli_build_kb_then_label(tmp_path):
     assert [(e.text, e.label_) for e in doc.ents] == [("John Smith", "PER"), ("Paris", "LOC"), ("U.S.", "LOC")]
     bad = CliRunner().invoke(app, ["build-kb", str(tmp_path / "x.jsonl"), "--packs", "places,nope"])
     assert bad.exit_code == 1 and "nope" in bad.output and not (tmp_path / "x.jsonl").exists()
+
+
+# --- reliability: REGEX, output paths, atomic writes, BOM, long lines, NUL, caseless scripts ----
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, [*args, "--no-progress"])
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    return line
+
+
+def test_cli_invalid_regex_is_one_line_error(tmp_path):
+    kb = write(tmp_path / "kb.jsonl", '{"label": "ORG", "pattern": [{"TEXT": {"REGEX": "Acme("}}]}\n')
+    text = write(tmp_path / "in.txt", "Acme\n")
+    result = cli("distant", str(text), str(tmp_path / "o.spacy"), "-k", str(kb))
+    assert one_error_line(result) == (
+        f"Error: {kb}:1: invalid REGEX 'Acme(' (missing ), unterminated subpattern at position 4)"
+    )
+    assert not (tmp_path / "o.spacy").exists()
+
+
+@pytest.mark.parametrize(
+    "output,summary,message",
+    [
+        ("folder", None, "folder: cannot write output: is a folder"),
+        ("afile/o.spacy", None, "afile/o.spacy: cannot write output: afile is a file, not a folder"),
+        ("new/deeper/o.spacy", "folder", "folder: cannot write output: is a folder"),
+        ("o.spacy", "afile/x/s.json", "afile/x/s.json: cannot write output: afile is a file, not a folder"),
+        ("o.spacy", "o.spacy", "o.spacy: the summary JSON must not be the output DocBin"),
+    ],
+    ids=["output-is-folder", "output-parent-is-file", "summary-is-folder", "summary-parent-is-file", "same-path"],
+)
+def test_cli_unwritable_outputs_fail_before_anything_is_read(tmp_path, monkeypatch, output, summary, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    write(tmp_path / "afile", "x")
+    # neither the KB nor the input exists: the output check must come first
+    args = ["distant", "missing.txt", output, "-k", "missing.tsv"] + (["--summary", summary] if summary else [])
+    assert one_error_line(cli(*args)) == f"Error: {message}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder"]
+    assert not any((tmp_path / "folder").iterdir())
+
+
+def test_read_only_output_folder_fails_before_labelling(tmp_path, monkeypatch):
+    labeller = labeller_for([("LOC", "Paris")])
+    monkeypatch.setattr(distant.os, "access", lambda path, mode: Path(path) != tmp_path / "ro")
+    (tmp_path / "ro").mkdir()
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the input was read before the output check")
+
+    monkeypatch.setattr(distant, "read_docs", no_read)
+    with pytest.raises(DistantError, match=r"o\.spacy: cannot write output: folder .*ro is not writable"):
+        label_file(labeller, tmp_path / "in.txt", tmp_path / "ro" / "o.spacy")
+
+
+@pytest.mark.parametrize("failing", ["o.spacy", "o.spacy.summary.json"])
+def test_failed_write_leaves_no_partial_output(tmp_path, monkeypatch, failing):
+    kb = write(tmp_path / "kb.tsv", "Paris\tLOC\n")
+    text = write(tmp_path / "in.txt", "Paris\n")
+    real_write = distant.write_atomic
+
+    def write_atomic(path: Path, data: bytes) -> None:
+        if Path(path).name == failing:
+            raise OSError(28, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(distant, "write_atomic", write_atomic)
+    result = cli("distant", str(text), str(tmp_path / "o.spacy"), "-k", str(kb))
+    what = "DocBin" if failing == "o.spacy" else "summary"
+    assert one_error_line(result) == (
+        f"Error: {tmp_path / failing}: cannot write the {what} ([Errno 28] No space left on device)"
+    )
+    written = sorted(p.name for p in tmp_path.iterdir())
+    # the summary is never written without the DocBin; the DocBin alone is complete
+    assert written == (["in.txt", "kb.tsv"] if what == "DocBin" else ["in.txt", "kb.tsv", "o.spacy"])
+
+
+def test_real_write_atomic_leaves_no_temp_file_on_failure(tmp_path, monkeypatch):
+    def replace(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fetch.os, "replace", replace)  # inside fetch.write_atomic
+    kb = write(tmp_path / "kb.tsv", "Paris\tLOC\n")
+    text = write(tmp_path / "in.txt", "Paris\n")
+    result = cli("distant", str(text), str(tmp_path / "o.spacy"), "-k", str(kb))
+    assert "cannot write the DocBin (disk full)" in one_error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "kb.tsv"]
+
+
+def read_out(path: Path) -> List[List[Tuple[str, str]]]:
+    docs = DocBin().from_disk(path).get_docs(spacy.blank("en").vocab)
+    return [[(e.text, e.label_) for e in doc.ents] for doc in docs]
+
+
+def test_bom_is_stripped_from_kbs_and_input(tmp_path):
+    assert read_kb(write(tmp_path / "kb.tsv", "\ufeffParis\tLOC\n")) == [KBEntry("LOC", "Paris", "kb.tsv")]
+    jsonl = write(tmp_path / "kb.jsonl", '\ufeff{"label": "ORG", "pattern": "Acme"}\n')
+    assert read_kb(jsonl) == [KBEntry("ORG", "Acme", "kb.jsonl")]
+    sniffed = write(tmp_path / "kb", '\ufeff{"label": "ORG", "pattern": "Acme"}\n')  # no extension
+    assert read_kb(sniffed) == [KBEntry("ORG", "Acme", "kb")]
+    text = write(tmp_path / "in.txt", "\ufeffAcme\nParis\n")
+    out = tmp_path / "o.spacy"
+    result = cli("distant", str(text), str(out), "-k", str(tmp_path / "kb.tsv"), "-k", str(jsonl))
+    assert result.exit_code == 0, result.output
+    assert read_out(out) == [[("Acme", "ORG")], [("Paris", "LOC")]]
+    (first, _) = DocBin().from_disk(out).get_docs(spacy.blank("en").vocab)
+    assert first.text == "Acme"
+
+
+def test_over_long_lines_are_skipped_counted_and_reported(tmp_path, caplog):
+    kb = write(tmp_path / "kb.tsv", "Paris\tLOC\n")
+    lines = ["Paris", "x " * 60, "in Paris", "y" * 101, "Paris again"]
+    text = write(tmp_path / "in.txt", "\n".join(lines) + "\n")
+    out = tmp_path / "o.spacy"
+    result = cli("distant", str(text), str(out), "-k", str(kb), "--max-line-chars", "100")
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 over-long input line(s) (line 2, 4)" in result.stdout
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{text}: skipped 2 over-long input line(s) (line 2, 4)"]
+    assert read_out(out) == [[("Paris", "LOC")]] * 3
+    summary = srsly.read_json(f"{out}.summary.json")
+    assert (summary["n_skipped_long"], summary["skipped_long_lines"], summary["n_docs"]) == (2, [2, 4], 3)
+    assert [d.user_data[DOC_ID_KEY] for d in DocBin().from_disk(out).get_docs(spacy.blank("en").vocab)] == [
+        "in:0", "in:2", "in:4"
+    ]
+
+
+def test_default_line_limit_avoids_e088_and_a_higher_one_names_the_line(tmp_path):
+    kb = write(tmp_path / "kb.tsv", "Paris\tLOC\n")
+    text = write(tmp_path / "in.txt", "Paris\n" + "a" * 1_000_001 + "\n")
+    result = cli("distant", str(text), str(tmp_path / "o.spacy"), "-k", str(kb))
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 over-long input line(s) (line 2)" in result.stdout
+    too_high = cli("distant", str(text), str(tmp_path / "p.spacy"), "-k", str(kb), "--max-line-chars", "2000000")
+    assert one_error_line(too_high).startswith(f"Error: {text}:2: [E088]")
+    assert not (tmp_path / "p.spacy").exists()
+
+
+def test_listed_line_numbers_are_capped():
+    summary = LabelSummary(n_skipped_long=12, skipped_long_lines=list(range(1, 11)))
+    assert summary.warnings() == [
+        "skipped 12 over-long input line(s) (line 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ... (first 10 of 12))"
+    ]
+
+
+def test_nul_characters_are_stripped_and_counted(tmp_path, caplog):
+    kb = write(tmp_path / "kb.tsv", "Paris\tLOC\n")
+    text = write(tmp_path / "in.jsonl", '{"text": "Pa\x00ris"}\n\x00\x00\n{"text": "Paris"}\x00\n')
+    out = tmp_path / "o.spacy"
+    result = cli("distant", str(text), str(out), "-k", str(kb))
+    assert result.exit_code == 0, result.output
+    assert read_out(out) == [[("Paris", "LOC")]] * 2
+    assert "removed 4 NUL character(s) from 3 input line(s) (line 1, 2, 3)" in result.stdout
+    assert any("removed 4 NUL character(s)" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    summary = srsly.read_json(f"{out}.summary.json")
+    assert (summary["n_nul_removed"], summary["n_nul_lines"], summary["nul_lines"]) == (4, 3, [1, 2, 3])
+    assert summary["n_skipped_empty"] == 1  # the line made only of NULs
+
+
+def test_is_caseless():
+    assert all(is_caseless(t) for t in ["北京", "東京", "ソウル", "서울", "กรุงเทพ", "दिल्ली", "北京2"])
+    assert not any(is_caseless(t) for t in ["Paris", "paris", "ß", "2024", "", "-", "Ωmega"])
+
+
+def test_caseless_matches_are_counted_and_kept_with_the_option():
+    entries = [("LOC", "北京"), ("ORG", "Hotel 北京"), ("LOC", "paris")]
+    words = "我 去 北京 , Hotel 北京 , paris".split()
+    for caseless_ok, expected, filtered in [
+        (False, [], {"caseless": 3, "lowercase": 1}),
+        (True, [("北京", "LOC"), ("Hotel 北京", "ORG")], {"lowercase": 1}),
+    ]:
+        labeller = labeller_for(entries, caseless_ok=caseless_ok)
+        summary = LabelSummary()
+        doc = labeller.label(spacy.tokens.Doc(labeller.nlp.vocab, words=words), summary)
+        assert [(e.text, e.label_) for e in doc.ents] == expected
+        assert summary.filtered == filtered  # 北京 twice (lowercase filter), Hotel 北京 (head filter)
+
+
+def test_cli_caseless_option(tmp_path):
+    kb = write(tmp_path / "kb.tsv", "北京\tLOC\n")
+    text = write(tmp_path / "in.txt", "我 去 北京 。\n")
+    out = tmp_path / "o.spacy"
+    default = cli("distant", str(text), str(out), "-k", str(kb), "-f", "tokens")
+    assert default.exit_code == 0, default.output
+    assert read_out(out) == [[]]
+    assert "caseless: 1 matches in scripts without case" in default.stdout and "--caseless-ok" in default.stdout
+    assert srsly.read_json(f"{out}.summary.json")["filtered"] == {"caseless": 1}
+    kept = cli("distant", str(text), str(out), "-k", str(kb), "-f", "tokens", "--caseless-ok")
+    assert kept.exit_code == 0, kept.output
+    assert read_out(out) == [[("北京", "LOC")]]
+    assert "caseless:" not in kept.stdout

@@ -218,6 +218,64 @@ def test_existing_files_skipped_or_replaced(synthetic, tmp_path, monkeypatch):
     assert stale.read_bytes() == synthetic["bond/toy_distant/tag_to_id.json"]
 
 
+def test_corrupt_destination_and_corrupt_mirror_leave_no_corrupt_file(synthetic, tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    bad_mirror = b"X" + synthetic["bond/toy_distant/tag_to_id.json"][1:]
+    (mirror / "bond/toy_distant/tag_to_id.json").write_bytes(bad_mirror)
+    dest = tmp_path / "assets"
+    target = dest / "bond/toy_distant/tag_to_id.json"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"corrupt")
+    monkeypatch.setenv(MIRROR_ENV, str(mirror))
+    result = run("fetch", dest, "--dataset", "toy")
+    assert result.exit_code == 1
+    aside = target.with_name("tag_to_id.json.corrupt")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == [
+        f"Error: MD5 mismatch for bond/toy_distant/tag_to_id.json: expected "
+        f"{md5(synthetic['bond/toy_distant/tag_to_id.json'])}, got {md5(bad_mirror)} "
+        f"(from {mirror / 'bond/toy_distant/tag_to_id.json'}); the file was not written; "
+        f"the corrupt copy at the destination was moved to {aside}"
+    ]
+    assert f"{target} has MD5 {md5(b'corrupt')}" in result.stdout
+    assert not target.exists() and aside.read_bytes() == b"corrupt"
+    assert "Traceback" not in result.output and not tmp_files(dest)
+    # a good mirror copy later: fetched, verified, and the aside copy deleted
+    (mirror / "bond/toy_distant/tag_to_id.json").write_bytes(synthetic["bond/toy_distant/tag_to_id.json"])
+    target.write_bytes(b"corrupt again")
+    again = run("fetch", dest, "--dataset", "toy")
+    assert again.exit_code == 0, again.output
+    assert target.read_bytes() == synthetic["bond/toy_distant/tag_to_id.json"] and not aside.exists()
+
+
+def test_corrupt_destination_and_no_network_is_moved_aside(synthetic, tmp_path):
+    target = tmp_path / "assets/bond/toy_distant/train.json"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"corrupt")
+    result = run("fetch", tmp_path / "assets", "--dataset", "toy")
+    assert result.exit_code == 1 and MIRROR_ENV in result.stderr
+    assert f"moved it to {target}.corrupt" in result.stdout
+    assert not target.exists() and Path(f"{target}.corrupt").read_bytes() == b"corrupt"
+
+
+def test_corrupt_destination_that_cannot_be_moved_aside(synthetic, tmp_path, monkeypatch):
+    target = tmp_path / "assets/bond/toy_distant/train.json"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"corrupt")
+
+    def replace(source: object, dest: object) -> None:
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(fetch.os, "replace", replace)
+    results = fetch.fetch_files(fetch.select_files(["toy"])[:1], tmp_path / "assets", tmp_path / "mirror")
+    assert [r.status for r in results] == [fetch.FAILED]
+    assert results[0].message() == (
+        f"cannot fetch bond/toy_distant/train.json: {target} has MD5 {md5(b'corrupt')}, expected "
+        f"{md5(synthetic['bond/toy_distant/train.json'])} and cannot be moved aside (read-only file system): "
+        "it is still there"
+    )
+
+
 # ---------------------------------------------------------------------- network
 
 
@@ -297,29 +355,31 @@ def test_project_yml_commands_and_workflows(tmp_path):
         for line in command["script"]:  # weasel runs scripts without a shell
             assert "&&" not in line and "|" not in line and not re.match(r"\w+=", line)
     v = project["vars"]
-    assert (v["dataset"], v["config"], v["n_experts"], v["seed"], v["gpu_id"]) == ("webpage", "minilm", 3, 0, -1)
+    assert (v["dataset"], v["config"], v["n_experts"], v["seed"], v["gpu_id"]) == ("conll03", "minilm", 3, 0, -1)
+    assert v["data_dir"] == "assets/roster/conll"  # news text: CoNLL03 with BOND's distant labels
     schedule = (v["max_steps"], v["teacher_start"], v["teacher_refresh"], v["estep_every"], v["eval_frequency"])
-    assert schedule == (600, 300, 200, 25, 50)  # BOND's Webpage schedule, capped at 600 steps
+    assert schedule == (1500, 900, 450, 878, 300)  # BOND's CoNLL03 schedule, capped at 1500 steps
     max_steps, start, refresh = schedule[:3]
     assert start + refresh <= max_steps  # the teacher is refreshed at least once
     train = commands["train"]["script"][0]
-    for flag in ("--training.max_steps 600", "--training.before_update.teacher_start 300",
+    for flag in ("--training.max_steps 1500", "--training.before_update.teacher_start 900",
                  "--components.bond_moe_ner.model.n_experts 3", "--system.seed 0", "--gpu-id -1"):
         assert flag in train
     args = split_command(train)
     labeller = json.loads(args[args.index("--components.bond_moe_ner.pseudo_labeller") + 1])
     assert labeller == {"@misc": "spacy-bond-moe.soft_pseudo_labels.v1", "power": 2.0, "threshold": 0.9}
     assert args[args.index("--training.logger.events_path") + 1] == \
-        "training/webpage-minilm/bond_moe_events.jsonl"
+        "training/conll03-minilm/bond_moe_events.jsonl"
     hard = load_project(tmp_path, {"vars.pseudo_labeller": r'{\"@misc\":\"spacy-bond-moe.hard_pseudo_labels.v1\"}'})
     hard_args = split_command({c["name"]: c for c in hard["commands"]}["train"]["script"][0])
     assert json.loads(hard_args[hard_args.index("--components.bond_moe_ner.pseudo_labeller") + 1]) == \
         {"@misc": "spacy-bond-moe.hard_pseudo_labels.v1"}
     for dataset, source in fetch.CONVERT_SOURCES.items():
         assert f"convert assets/{source} corpus/{dataset} " in commands[f"convert-{dataset}"]["script"][0]
-    assert commands["convert"]["deps"] == ["assets/bond/webpage_distant"]
-    # the default data_dir follows the dataset var for the BOND datasets
-    wikigold = load_project(tmp_path, {"vars.dataset": "wikigold"})
+    assert commands["convert"]["deps"] == ["assets/roster/conll"]
+    # another dataset: dataset and data_dir set together (project.yml's header)
+    wikigold = load_project(tmp_path, {"vars.dataset": "wikigold",
+                                       "vars.data_dir": "assets/bond/wikigold_distant"})
     convert = {c["name"]: c for c in wikigold["commands"]}["convert"]["script"][0]
     assert convert.startswith("python -m spacy_bond_moe convert assets/bond/wikigold_distant corpus/wikigold")
 
