@@ -1,7 +1,7 @@
 """Registered model architectures: a tok2vec encoder (shared or per expert) + K expert heads."""
 import copy
 import random
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Literal, Optional, Sequence, Tuple
 
 import numpy
 from spacy.tokens import Doc
@@ -10,7 +10,7 @@ from thinc.api import Linear, Model
 from thinc.types import Floats2d, Floats3d, Ints1d, Ragged
 
 from .tags import blank_mask
-from .util import set_fresh_ids
+from .util import require_int, set_fresh_ids
 
 # Encoders that read annotations an upstream component set on the very same Doc objects.
 LISTENER_NAMES = ("tok2vec-listener", "transformer-listener")
@@ -18,6 +18,7 @@ LISTENER_NAMES = ("tok2vec-listener", "transformer-listener")
 # (2-core CPU), and no slower for the CNN encoder (benchmarks/README.md, "Inference speed").
 PREDICT_TOKENS = 512
 
+ExpertMode = Literal["shared", "separate"]
 EXPERT_MODES = ("shared", "separate")
 # Model attr: a learning-rate multiplier for a layer and everything under it (see
 # `BondMoENER.finish_update`).
@@ -28,7 +29,7 @@ LR_SCALE_ATTR = "bond_moe_lr_scale"
 def build_moe_tagger_v1(
     tok2vec: Model[List[Doc], List[Floats2d]],
     n_experts: int = 3,
-    expert_mode: str = "shared",
+    expert_mode: ExpertMode = "shared",
     nO: Optional[int] = None,
 ) -> Model[List[Doc], List[Floats3d]]:
     """K token classifiers over token vectors; outputs (n_tokens, K, n_tags) probabilities.
@@ -39,8 +40,7 @@ def build_moe_tagger_v1(
         encoders (deep copies of `tok2vec`), each with its own head.
     nO (Optional[int]): Number of tags; set by the component from its labels.
     """
-    if n_experts < 1:
-        raise ValueError(f"n_experts must be >= 1, got {n_experts}")
+    require_int("MoETagger", "n_experts", n_experts, 1)
     if expert_mode not in EXPERT_MODES:
         raise ValueError(f"expert_mode must be one of {EXPERT_MODES}, got {expert_mode!r}")
     if expert_mode == "shared":

@@ -1,10 +1,14 @@
 """The training schedule: the one clock (optimizer steps) for shared stage I, label
 filters, corpus E-steps and teacher snapshots, run between updates."""
+import sys
 from typing import Any, Callable, Dict, Iterable
 
 from spacy.language import Language
 from spacy.training import Example
-from spacy.util import registry
+from spacy.util import registry, resolve_dot_names
+from thinc.api import ConfigValidationError
+
+from .util import require_int
 
 
 @registry.callbacks("spacy-bond-moe.em_schedule.v3")
@@ -36,11 +40,13 @@ def create_em_schedule_v3(
     for name, value in (("estep_every", estep_every), ("teacher_start", teacher_start),
                         ("teacher_refresh", teacher_refresh), ("shared_steps", shared_steps),
                         ("filter_every", filter_every)):
-        if value < 0:
-            raise ValueError(f"[em_schedule] {name} must be >= 0, got {value}")
+        require_int("em_schedule", name, value, 0)
+    require_int("em_schedule", "batch_size", batch_size, 1)
 
     def before_update(nlp: Language, args: Dict[str, Any]) -> None:
         step = args["step"]
+        if step == 0:
+            check_training_corpora(nlp, corpus)
         pipe = nlp.get_pipe(component)
         pipe.route_updates = step >= shared_steps
         refresh = teacher_start > 0 and (
@@ -57,6 +63,23 @@ def create_em_schedule_v3(
             pipe.reassign_experts(corpus(nlp), nlp=nlp, batch_size=batch_size, step=step)
 
     return before_update
+
+
+def check_training_corpora(nlp: Language, corpus: Callable[[Language], Iterable[Example]]) -> None:
+    """Before the first update (`spacy train` and `python -m spacy_bond_moe train` alike): the
+    dev corpus of `[training] dev_corpus` and the training corpus must hold entities
+    (`loop.check_corpora`). Skipped where the config names no dev corpus (no training run)."""
+    from .loop import check_corpora
+
+    config = nlp.config.interpolate()
+    dev_name = config.get("training", {}).get("dev_corpus")
+    try:
+        (dev_corpus,) = resolve_dot_names(config, [dev_name])
+    except (KeyError, TypeError, ValueError, ConfigValidationError):
+        return
+    paths = config.get("paths", {})
+    check_corpora(nlp, corpus, dev_corpus, str(paths.get("train", "the training corpus")),
+                  str(paths.get("dev", dev_name)), sys.stderr)
 
 
 @registry.callbacks("spacy-bond-moe.em_schedule.v2")

@@ -11,7 +11,7 @@ import typer
 from .converters import (
     SPLITS,
     ConversionError,
-    ConversionStats,
+    DirResults,
     convert_bond_dir,
     convert_roster_dir,
     detect_format,
@@ -19,8 +19,10 @@ from .converters import (
 from .distant import (
     CAPITALISED_LABELS,
     DEFAULT_PRIORITY,
+    MAX_LINE_CHARS,
     DistantError,
     DistantLabeller,
+    check_outputs,
     label_file,
 )
 from .fetch import (
@@ -57,8 +59,9 @@ def main() -> None:
     """spacy-bond-moe: distantly supervised NER with spaCy."""
 
 
-def _summary(results: Dict[str, ConversionStats]) -> str:
-    """Format per-split counts as a plain-text table; missing splits are listed below it."""
+def _summary(results: DirResults) -> str:
+    """Format per-split counts as a plain-text table; missing splits (and the stale files of
+    them that were removed) are listed below it."""
     types = sorted({label for stats in results.values() for label in stats.n_ents})
     rows = [["split", "docs", "tokens", "ents", *types, "repaired", "skipped"]]
     for split, s in results.items():
@@ -69,7 +72,11 @@ def _summary(results: Dict[str, ConversionStats]) -> str:
         "  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])])
         for row in rows
     ]
-    lines += [f"{split}: not found, skipped" for split in SPLITS if split not in results]
+    removed = {path.stem: path for path in results.removed}
+    for split in SPLITS:
+        if split not in results:
+            stale = f"; removed the stale {removed[split]}" if split in removed else ""
+            lines.append(f"{split}: not found, skipped{stale}")
     return "\n".join(lines)
 
 
@@ -97,6 +104,43 @@ def convert(
         raise typer.Exit(1)
     typer.echo(f"{name} ({fmt}) -> {out_dir}")
     typer.echo(_summary(results))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config_path: Path = typer.Argument(..., help="Training config (e.g. configs/minilm.cfg)."),
+    output_path: Path = typer.Option(..., "--output", "-o", help="Output folder."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the interrupted run in OUTPUT from its training-state "
+        "(same config and overrides)."
+    ),
+    code_path: Optional[Path] = typer.Option(
+        None, "--code", "-c", help="Python file with more registered functions to import."
+    ),
+    gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for CPU."),
+) -> None:
+    """`spacy train` with kill-safe checkpoints and `--resume`; config overrides as in
+    spaCy (--paths.train ...). Writes OUTPUT/model-best, model-last and training-state."""
+    from spacy.cli._util import import_code, parse_config_overrides, setup_gpu, show_validation_error
+    from spacy.util import load_config
+
+    from .loop import train as train_run
+
+    if not config_path.is_file():
+        typer.secho(f"Error: config file not found: {config_path}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    try:
+        overrides = parse_config_overrides(ctx.args)
+        import_code(code_path)
+        setup_gpu(gpu_id)
+        with show_validation_error(config_path, hint_fill=False):
+            config = load_config(config_path, overrides=overrides, interpolate=False)
+            output_path.mkdir(parents=True, exist_ok=True)
+            train_run(config, output_path, resume=resume, use_gpu=gpu_id)
+    except (ValueError, OSError) as err:  # TrainingError and the config checks: one line
+        typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -250,10 +294,28 @@ def distant(
         True, "--skip-stopwords/--keep-stopwords", help="Drop matches made only of stop words."
     ),
     skip_lowercase: bool = typer.Option(
-        True, "--skip-lowercase/--keep-lowercase", help="Drop matches without any capitalised token."
+        True,
+        "--skip-lowercase/--keep-lowercase",
+        help="Drop matches without any capitalised token. Words of scripts without case (Chinese, "
+        "Japanese, Thai: 北京) are not capitalised, so such matches are dropped too unless --caseless-ok.",
     ),
     capitalised: str = typer.Option(
-        ",".join(CAPITALISED_LABELS), "--capitalised", help="Labels whose last token must be capitalised."
+        ",".join(CAPITALISED_LABELS),
+        "--capitalised",
+        help="Labels whose last token must be capitalised (or a number; caseless words: see --caseless-ok).",
+    ),
+    caseless_ok: bool = typer.Option(
+        False,
+        "--caseless-ok/--no-caseless-ok",
+        help="Count a word without case distinction (北京, ไทย) as capitalised in the two filters above. "
+        "Default off, as before: such drops are counted as 'caseless' in the summary.",
+    ),
+    max_line_chars: int = typer.Option(
+        MAX_LINE_CHARS,
+        "--max-line-chars",
+        min=1,
+        help="Skip input lines longer than this many characters (counted, line numbers in the summary); "
+        "spaCy's tokenizer refuses texts of 1,000,000 characters.",
     ),
     priority: str = typer.Option(
         ",".join(DEFAULT_PRIORITY), "--priority", help="Type priority for equally long overlapping matches."
@@ -269,8 +331,12 @@ def distant(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Build distant labels: match knowledge bases and rules against text, write a DocBin."""
+    """Build distant labels: match knowledge bases and rules against text, write a DocBin.
+
+    A leading byte-order mark is removed from text and KB files, NUL characters from the input
+    (counted); the DocBin and the summary are written atomically, after checking both paths."""
     try:
+        check_outputs(output, summary_path)
         labeller = DistantLabeller.from_kbs(
             spacy.blank(lang),
             kbs,
@@ -280,6 +346,7 @@ def distant(
             skip_lowercase=skip_lowercase,
             capitalised_labels=_names(capitalised),
             priority=_names(priority),
+            caseless_ok=caseless_ok,
         )
         summary = label_file(
             labeller,
@@ -289,6 +356,7 @@ def distant(
             summary_path=summary_path,
             progress=progress,
             propagate=propagate,
+            max_line_chars=max_line_chars,
         )
     except (DistantError, ValueError) as err:
         typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)

@@ -170,6 +170,7 @@ class BondMoENER(TrainablePipe):
         self.kept_labels: Dict[str, numpy.ndarray] = {}
         self.route_updates = True
         self.predict_tokens = PREDICT_TOKENS
+        self.resumed_at: Optional[int] = None
         self._events: List[Dict[str, Any]] = []
         install_extensions()
 
@@ -515,6 +516,26 @@ class BondMoENER(TrainablePipe):
         }
         self._events.append(event)
         return event
+
+    # ------------------------------------------------------ training state
+    def training_state(self) -> Dict[str, Any]:
+        """The training-only state that `to_disk` leaves out (routing, teacher, kept
+        labels), as msgpack-able data, so that an interrupted run can resume."""
+        return {
+            "router": self.router.state(),
+            "teacher": self.teacher.state(),
+            "kept_labels": dict(self.kept_labels),
+            "route_updates": self.route_updates,
+        }
+
+    def load_training_state(self, state: Dict[str, Any]) -> None:
+        """Restore what `training_state` returned (the weights come from `from_disk`)."""
+        self.router.load_state(state["router"])
+        self.teacher.load_state(state["teacher"], self.model)
+        self.kept_labels = {str(k): numpy.asarray(v, dtype=bool)
+                            for k, v in state["kept_labels"].items()}
+        self.route_updates = bool(state["route_updates"])
+        self.cfg["expert_prior"] = list(self.router.prior)  # cfg.json rounds it
 
     # ---------------------------------------------------------- serialization
     def to_disk(self, path: Union[str, Path], *, exclude: Iterable[str] = tuple()) -> None:

@@ -180,6 +180,18 @@ class Router:
         self.responsibilities: Dict[str, numpy.ndarray] = {}
         self.prior: List[float] = [1.0 / n_experts] * n_experts
 
+    def state(self) -> Dict[str, Any]:
+        """The routing as msgpack-able data (for resuming a training run)."""
+        return {"assignments": dict(self.assignments), "prior": list(self.prior),
+                "responsibilities": dict(self.responsibilities)}
+
+    def load_state(self, state: Dict[str, Any]) -> None:
+        """Restore what `state` returned."""
+        self.assignments = {str(k): int(v) for k, v in state["assignments"].items()}
+        self.prior = [float(x) for x in state["prior"]]
+        self.responsibilities = {str(k): numpy.asarray(v)
+                                 for k, v in state["responsibilities"].items()}
+
     def deal(self, keys: Sequence[str]) -> None:
         """The initial routing: the sorted keys dealt evenly at random."""
         keys = sorted(set(keys))

@@ -58,7 +58,10 @@ def bond_moe_console_logger_v1(
         handle = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle = path.open("w", encoding="utf8")
+            resumed = any(pipe.resumed_at is not None for _, pipe in pipes)
+            # a resumed run (python -m spacy_bond_moe train --resume) continues the file,
+            # which the loop has cut back to the saved step
+            handle = path.open("a" if resumed else "w", encoding="utf8")
 
         def write(record: Dict[str, Any]) -> None:
             if handle is not None:

@@ -121,6 +121,35 @@ class Teacher:
         """Steps since the last snapshot, or None before the first."""
         return None if self.step is None else step - self.step
 
+    def state(self) -> Dict[str, Any]:
+        """The teacher as msgpack-able data (weights, frequencies, cached targets), for
+        resuming a training run; inactive: only the step."""
+        if self.model is None:
+            return {"step": self.step}
+        return {
+            "step": self.step,
+            "model": self.model.to_bytes(),
+            "freq": self.freq,
+            "targets": {key: {"q": q, "keep": keep} for key, (q, keep) in self.targets.items()},
+        }
+
+    def load_state(self, state: Dict[str, Any], student: Model) -> None:
+        """Restore what `state` returned; the teacher's network is built as a copy of the
+        student's and then given the saved weights."""
+        self.step = state["step"]
+        if "model" not in state:
+            self.model, self.freq, self.targets = None, None, {}
+            return
+        self.model = snapshot(student)
+        self.model.from_bytes(state["model"])
+        for torch_model in _torch_modules(self.model):
+            torch_model.eval()
+            for param in torch_model.parameters():
+                param.requires_grad_(False)
+        self.freq = numpy.asarray(state["freq"])
+        self.targets = {str(key): (numpy.asarray(t["q"]), numpy.asarray(t["keep"], dtype=bool))
+                        for key, t in state["targets"].items()}
+
     def mixtures(self, docs: List[Doc], n_tags: int) -> List[numpy.ndarray]:
         assert self.model is not None
         if not any(len(doc) for doc in docs):

@@ -1,5 +1,6 @@
-"""Small shared helpers: fresh node ids for copied models, the default encoder path."""
-from typing import Optional
+"""Small shared helpers: fresh node ids for copied models, the default encoder path,
+integer checks for config values."""
+from typing import Any, Optional
 
 from spacy.util import registry
 from thinc.api import Model
@@ -43,3 +44,14 @@ def transformer_name_v1(name: Optional[str] = None) -> str:
     except ImportError:
         return MINILM_HUB_NAME
     return str(get_model_path())
+
+
+def require_int(where: str, name: str, value: Any, minimum: int) -> int:
+    """`value` if it is an integer >= minimum (not a bool, a float or a string), else a
+    one-line ValueError naming the setting, e.g. `n_experts = "3"` in a config."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"[{where}] {name} must be an integer >= {minimum}, got {value!r} "
+                         f"({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"[{where}] {name} must be an integer >= {minimum}, got {value}")
+    return value

@@ -52,6 +52,17 @@ def write_docbin(path: Path, docs: List[Doc]) -> Path:
     return path
 
 
+def write_toy_corpus(directory: Path) -> Path:
+    """train.spacy (TRAIN_DATA six times, 24 docs) and dev.spacy (4 docs) with doc ids."""
+    nlp = spacy.blank("en")
+    directory.mkdir(parents=True, exist_ok=True)
+    train = [make_doc(nlp, t, e, f"toy:train:{c}:{i}") for c in range(6) for i, (t, e) in enumerate(TRAIN_DATA)]
+    dev = [make_doc(nlp, t, e, f"toy:dev:{i}") for i, (t, e) in enumerate(TRAIN_DATA)]
+    DocBin(docs=train, store_user_data=True).to_disk(directory / "train.spacy")
+    DocBin(docs=dev, store_user_data=True).to_disk(directory / "dev.spacy")
+    return directory
+
+
 @pytest.fixture
 def nlp():
     return spacy.blank("en")
@@ -60,11 +71,15 @@ def nlp():
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer, 16-wide random BERT with a word-level vocabulary (no network)."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def build_tiny_bert(directory: Path) -> Path:
+    """Write the tiny random BERT of `tiny_bert` into `directory`."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     words = sorted({w.lower() for text, _ in TRAIN_DATA for w in text.split()})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
-    directory = tmp_path_factory.mktemp("tiny_bert")
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf8")
     BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(str(directory))
     config = BertConfig(

@@ -117,5 +117,5 @@ def test_schedule_filters_in_stage_one_only():
         schedule(nlp, {"step": step})
     assert [(e["event"], e["step"]) for e in ner.pop_events()] == [
         ("label_filter", 2), ("label_filter", 4), ("teacher", 5)]
-    with pytest.raises(ValueError, match="filter_every must be >= 0"):
+    with pytest.raises(ValueError, match="filter_every must be an integer >= 0"):
         create_em_schedule_v3("bond_moe_ner", lambda _: examples, 0, 5, 0, filter_every=-1)

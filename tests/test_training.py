@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import spacy
-from spacy.tokens import DocBin
 
-from .conftest import TRAIN_DATA, make_doc
+from .conftest import write_toy_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["cnn", "minilm", "roberta", "spacy_ner_minilm", "spacy_ner_cnn"]
+CONFIGS = ["cnn", "minilm", "bond_moe_paper", "roberta", "spacy_ner_minilm", "spacy_ner_cnn"]
 MISC = ["spacy-bond-moe.transformer_name.v1", "spacy-bond-moe.sinkhorn_assigner.v1",
         "spacy-bond-moe.argmax_assigner.v1", "spacy-bond-moe.soft_pseudo_labels.v1",
         "spacy-bond-moe.hard_pseudo_labels.v1", "spacy-bond-moe.cross_entropy.v1",
@@ -21,13 +20,7 @@ MISC = ["spacy-bond-moe.transformer_name.v1", "spacy-bond-moe.sinkhorn_assigner.
 
 @pytest.fixture(scope="module")
 def toy_corpus(tmp_path_factory) -> Path:
-    nlp = spacy.blank("en")
-    directory = tmp_path_factory.mktemp("corpus")
-    train = [make_doc(nlp, t, e, f"toy:train:{c}:{i}") for c in range(6) for i, (t, e) in enumerate(TRAIN_DATA)]
-    dev = [make_doc(nlp, t, e, f"toy:dev:{i}") for i, (t, e) in enumerate(TRAIN_DATA)]
-    DocBin(docs=train, store_user_data=True).to_disk(directory / "train.spacy")
-    DocBin(docs=dev, store_user_data=True).to_disk(directory / "dev.spacy")
-    return directory
+    return write_toy_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def spacy_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -45,9 +38,11 @@ def events_flag(out: Path) -> list:
     return ["--training.logger.events_path", str(out / "bond_moe_events.jsonl")]
 
 
-def check_run(out: Path, proc: subprocess.CompletedProcess) -> None:
+def check_run(out: Path, proc: subprocess.CompletedProcess, first_estep: int = 6) -> None:
+    """`first_estep`: 6 when routed from the start, 12 (= teacher_start) with a shared stage I."""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[bond_moe] E-step @ step 6" in proc.stdout
+    assert f"[bond_moe] E-step @ step {first_estep}:" in proc.stdout
+    assert all(f"E-step @ step {s}:" not in proc.stdout for s in range(1, first_estep))
     assert "[bond_moe] teacher refreshed @ step 12" in proc.stdout
     events = [json.loads(line) for line in (out / "bond_moe_events.jsonl").read_text().splitlines()]
     kinds = {e["event"] for e in events}
@@ -80,7 +75,7 @@ def test_spacy_train_tiny_transformer(toy_corpus, tmp_path, tiny_bert):
     proc = spacy_cli("train", "configs/minilm.cfg", "-o", str(out), "--paths.train",
                      str(toy_corpus / "train.spacy"), "--paths.dev", str(toy_corpus / "dev.spacy"),
                      "--paths.transformer", str(tiny_bert), *SCHEDULE, *events_flag(out))
-    check_run(out, proc)
+    check_run(out, proc, first_estep=12)  # the default: a shared stage I until the teacher
     nlp = spacy.load(out / "model-last")
     assert nlp("Paris is big .")._.bond_moe_expert in {0, 1, 2}
 
