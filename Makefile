@@ -21,10 +21,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest tests -q -m slow
 
-# The `all` workflow of project.yml with its defaults (webpage, minilm; ~30 min on 2 CPU cores):
+# The `all` workflow of project.yml with its defaults (conll03 news text, minilm; ~30 min on 2 CPU cores):
 # fetch -> convert -> train -> evaluate -> package -> install -> smoke. Finished steps are skipped
 # on a second run. Offline: BOND_MOE_DATA_MIRROR=../shared/datasets make demo
-DEMO_METRICS := metrics/webpage-minilm.json
+DEMO_METRICS := metrics/conll03-minilm.json
 
 demo: export HF_HUB_OFFLINE = 1
 demo: $(STAMP)

@@ -191,6 +191,39 @@ def seqeval_section(data: Optional[Dict[str, Any]]) -> List[str]:
                           "seqeval P/R/F1", "F1 difference"], rows) + [""]
 
 
+def reliability_section(kills: Sequence[Dict[str, Any]], resume: Optional[Dict[str, Any]]) -> List[str]:
+    """Kill-safety of checkpoints (kill_safety.py) and a resumed real run (resume_check.py)."""
+    lines = ["## Reliability: killed runs and resumed runs", ""]
+    if not kills:
+        lines += ["Kill safety: " + NOT_RUN, ""]
+    names = {"spacy": "`spacy train` (spaCy's loop)", "ours": "`python -m spacy_bond_moe train`"}
+    for kill in kills:
+        lines += [f"`python benchmarks/kill_safety.py --encoder {kill['encoder']}` → `{kill['_file']}`: "
+                  f"{kill['setup']} (HORIZON {kill['horizon_s']} s, seed {kill['seed']}).", ""]
+        rows = [[names.get(r["runner"], r["runner"]), str(r["trials"]), str(r["killed"]),
+                 str(r["model_best_failed"]),
+                 "; ".join(sorted({f["error"] for f in r["failures"]}))[:200] or "-"] for r in kill["runs"]]
+        lines += table(["training entry point", "trials", "killed", "model-best failed to load",
+                        "errors"], rows) + [""]
+    if resume is None:
+        return lines + ["Resumed run: " + NOT_RUN, ""]
+    first, second = resume["calls"]["interrupted"]
+    lines += [f"`python benchmarks/resume_check.py` → `{resume['_file']}`: {resume['dataset']} "
+              f"`{resume['system']}` seed {resume['seed']}, `{resume['command']}`; the interrupted run "
+              f"was SIGKILLed {first['seconds']:.0f} s in (state saved at step "
+              f"{first['killed_with_state_at_step']}) and rerun with `--resume` "
+              f"({second['seconds']:.0f} s); uninterrupted {resume['calls']['uninterrupted'][0]['seconds']:.0f} s. "
+              f"Dev scores identical at every evaluation: **{'yes' if resume['identical'] else 'NO'}**.", ""]
+    spacy_curve = {row["step"]: row["f"] for row in resume.get("suite_spacy_train_curve") or []}
+    rows = [[str(a["step"]), fmt_num(100 * a["f"]), fmt_num(100 * b["f"]), f"{a['loss']:.3f}",
+             f"{b['loss']:.3f}",
+             fmt_num(100 * spacy_curve[a["step"]]) if a["step"] in spacy_curve else "-"]
+            for a, b in zip(resume["curves"]["uninterrupted"], resume["curves"]["interrupted"])]
+    return lines + table(["step", "dev F1 uninterrupted", "dev F1 killed + resumed",
+                          "loss uninterrupted", "loss resumed", "dev F1 of the suite's `spacy train` run"],
+                         rows) + [""]
+
+
 class Analysis(NamedTuple):
     """One `experts__<run>__<split>.json`, the run JSON it belongs to, and whether it is stale."""
     path: Path
@@ -313,6 +346,13 @@ def labels_section(runs: Sequence[Run], quality: Optional[Dict[str, Any]],
         lines += [f"For reference, our labeller applied directly to the gold **test** text "
                   f"(`{test_quality['command']}`): P {100 * o['p']:.1f} R {100 * o['r']:.1f} "
                   f"F1 {100 * o['f']:.1f}.", ""]
+        own = sorted((r for r in runs if r["dataset"] == "conll03_kb"),
+                     key=lambda r: (system_rank(r["system"]), r["seed"]))
+        if own:
+            margins = ", ".join(f"`{r['system']}` seed {r['seed']}: "
+                                f"{metric(r, 'eval_at_best') - 100 * o['f']:+.1f}" for r in own)
+            lines += [f"Model trained on our labels minus that labeller (test F1 points; target "
+                      f"≥ +5): {margins}.", ""]
     return lines
 
 
@@ -718,7 +758,9 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
                  test_quality: Optional[Dict[str, Any]] = None, out_results: Optional[Path] = None,
                  tokens: Optional[Dict[str, Any]] = None,
                  inference: Optional[Dict[str, Any]] = None,
-                 seqeval: Optional[Dict[str, Any]] = None) -> str:
+                 seqeval: Optional[Dict[str, Any]] = None,
+                 kills: Sequence[Dict[str, Any]] = (),
+                 resume: Optional[Dict[str, Any]] = None) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
     selected = {r["_file"] for group in main.values() for r in group}
@@ -808,6 +850,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     lines += speed_section(speed, profile)
     lines += inference_section(inference)
     lines += seqeval_section(seqeval)
+    lines += reliability_section(kills, resume)
 
     # Speed / memory
     lines += ["## Speed and memory (per run)", "",
@@ -914,7 +957,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         out_results=args.results if args.results.is_dir() else None,
                         tokens=load_extra(args.results, "tokenization.json"),
                         inference=load_extra(args.results, "inference_speed__conll03.json"),
-                        seqeval=load_extra(args.results, "seqeval_check.json"))
+                        seqeval=load_extra(args.results, "seqeval_check.json"),
+                        kills=[k for k in (load_extra(args.results, f"kill_safety__{e}.json")
+                                           for e in ("tiny", "minilm")) if k is not None],
+                        resume=load_extra(args.results, "resume_check__webpage__bond.json"))
     write_text_atomic(out, text + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return 0

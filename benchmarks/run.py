@@ -125,14 +125,14 @@ SYSTEMS: Dict[str, System] = {
     for s in (
         System("spacy_ner", "configs/spacy_ner_minilm.cfg",
                "spaCy transition-based `ner`, same MiniLM encoder, distant labels"),
-        System("bond", "configs/minilm.cfg",
+        System("bond", "configs/bond_moe_paper.cfg",
                "BOND re-implementation: MiniLM, K=1, self-training (= w/o MoE)", n_experts=1),
-        System("bond_moe", "configs/minilm.cfg",
+        System("bond_moe", "configs/bond_moe_paper.cfg",
                "BOND-MoE: MiniLM, K=3, fair (Sinkhorn) E-step, self-training", n_experts=3),
-        System("wo_fair", "configs/minilm.cfg",
+        System("wo_fair", "configs/bond_moe_paper.cfg",
                "BOND-MoE w/o fair assignment: K=3, argmax E-step, self-training", n_experts=3,
                fair=False),
-        System("wo_self_training", "configs/minilm.cfg",
+        System("wo_self_training", "configs/bond_moe_paper.cfg",
                "BOND-MoE w/o self-training: K=3, fair, no teacher (teacher_start 0)", n_experts=3,
                self_training=False),
         System("bond_moe_cnn", "configs/cnn.cfg",
@@ -148,15 +148,15 @@ SYSTEMS: Dict[str, System] = {
         System("wo_self_training_cnn", "configs/cnn.cfg",
                "BOND-MoE with the HashEmbedCNN encoder w/o self-training: K=3, fair, no teacher",
                n_experts=3, self_training=False),
-        System("bond_moe_head_lr3", "configs/minilm.cfg",
+        System("bond_moe_head_lr3", "configs/bond_moe_paper.cfg",
                "investigation: BOND-MoE with the expert heads' learning rate x3 (each head sees ~1/K "
                "of the documents)", n_experts=3,
                extra=((f"--components.{COMPONENT}.head_lr_scale", "3.0"),)),
-        System("bond_moe_scope", "configs/minilm.cfg",
+        System("bond_moe_scope", "configs/bond_moe_paper.cfg",
                "investigation: BOND-MoE whose E-step scores only documents with an entity in their "
                "targets (entity-free ones dealt evenly)", n_experts=3,
                extra=((f"--components.{COMPONENT}.assigner.scope", "entities"),)),
-        System("bond_moe_warmup", "configs/minilm.cfg",
+        System("bond_moe_warmup", "configs/bond_moe_paper.cfg",
                "investigation: BOND-MoE whose stage I is shared (every expert trains on every "
                "document, no E-step) until the first teacher; routing by E-step in stage II",
                n_experts=3, shared_stage_one=True),
@@ -170,34 +170,35 @@ SYSTEMS: Dict[str, System] = {
                "investigation: BOND (K=1) whose MiniLM vectors are concatenated with hashed "
                "SHAPE/PREFIX/SUFFIX embeddings (64 wide), mixed by one maxout window layer",
                n_experts=1, extra=CASE_AFFIX),
-        System("bond_gce", "configs/minilm.cfg",
+        System("bond_gce", "configs/bond_moe_paper.cfg",
                "investigation: BOND (K=1) with GCE (q = 0.7) on the distant labels in stage I",
                n_experts=1, extra=((f"--components.{COMPONENT}.distant_loss", GCE),)),
-        System("bond_odrop", "configs/minilm.cfg",
+        System("bond_odrop", "configs/bond_moe_paper.cfg",
                "investigation: BOND (K=1) with half the distant O labels unsupervised (O-drop 0.5)",
                n_experts=1, extra=((f"--components.{COMPONENT}.distant_loss", O_DROP),)),
-        System("bond_filter", "configs/minilm.cfg",
+        System("bond_filter", "configs/bond_moe_paper.cfg",
                "investigation: BOND (K=1) with RoSTER's noisy-label removal in stage I "
                "(threshold 0.7, every 100 steps)", n_experts=1, extra=LABEL_FILTER),
-        System("bond_filter_o", "configs/minilm.cfg",
+        System("bond_filter_o", "configs/bond_moe_paper.cfg",
                "investigation: `bond_filter` removing distant O labels only (entity labels kept)",
                n_experts=1, extra=LABEL_FILTER_O),
-        System("bond_moe_ensemble", "configs/minilm.cfg",
+        System("bond_moe_ensemble", "configs/bond_moe_paper.cfg",
                "investigation: K=2 separate MiniLM encoders, each trained on every document "
                "throughout (never routed; members differ by initialisation and dropout), their mean "
                "as teacher and at inference", n_experts=2,
                extra=((f"--components.{COMPONENT}.model.expert_mode", "separate"),
                       ("--training.before_update.shared_steps", NEVER_ROUTED))),
-        System("bond_lr1e4", "configs/minilm.cfg",
+        System("bond_lr1e4", "configs/bond_moe_paper.cfg",
                "investigation: BOND (K=1) with a peak learning rate of 1e-4 (configs: 5e-5)",
                n_experts=1, extra=(("--training.optimizer.learn_rate.initial_rate", "0.0001"),)),
-        System("bond_moe_soft", "configs/minilm.cfg",
+        System("bond_moe_soft", "configs/bond_moe_paper.cfg",
                "investigation: BOND-MoE with a soft M-step (each document's loss spread over the "
                "experts by its Sinkhorn-plan responsibilities)", n_experts=3,
                extra=((f"--components.{COMPONENT}.assigner.m_step", "soft"),)),
     )
 }
-ALIASES: Dict[str, str] = {"wo_moe": "bond"}
+# `default`: configs/minilm.cfg (shared_steps = teacher_start) is the `bond_moe_warmup` command.
+ALIASES: Dict[str, str] = {"wo_moe": "bond", "default": "bond_moe_warmup"}
 # Systems run one by one to test a hypothesis; not part of the --all suite table.
 INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_moe_warmup",
                                   "bond_moe_warmup_cnn", "bond_moe_soft", "bond_case",
