@@ -116,25 +116,28 @@ def write_dir(path: Path, write: Callable[[Path], None]) -> None:
 
 
 # -------------------------------------------------------------- checks
+def _docs_and_labels(examples: Iterable[Example]) -> Tuple[int, set]:
+    """The number of examples and the entity labels of their reference docs."""
+    n_docs, labels = 0, set()
+    for eg in examples:
+        n_docs += 1
+        labels.update(ent.label_ for ent in eg.reference.ents)
+    return n_docs, labels
+
+
 def check_corpora(nlp: Language, train_corpus: Callable, dev_corpus: Callable,
                   train_path: str, dev_path: str, stderr: IO) -> None:
     """One-line errors before the first step (run by `em_schedule` at step 0): an empty dev
     set, a dev set without entities, training data without entities; a warning for dev
     labels unseen in train."""
-    dev_docs, dev_labels = 0, set()
-    for eg in dev_corpus(nlp):
-        dev_docs += 1
-        dev_labels.update(ent.label_ for ent in eg.reference.ents)
+    dev_docs, dev_labels = _docs_and_labels(dev_corpus(nlp))
     if dev_docs == 0:
         raise TrainingError(f"the dev corpus {dev_path} has no documents: every score would be "
                             "0 and model-best would be chosen on nothing")
     if not dev_labels:
         raise TrainingError(f"the dev corpus {dev_path} ({dev_docs} documents) has no entities: "
                             "its scores cannot select a model")
-    train_docs, train_labels = 0, set()
-    for eg in train_corpus(nlp):
-        train_docs += 1
-        train_labels.update(ent.label_ for ent in eg.reference.ents)
+    train_docs, train_labels = _docs_and_labels(train_corpus(nlp))
     if not train_labels:
         raise TrainingError(f"the training corpus {train_path} ({train_docs} documents) has no "
                             "entities: there is nothing to learn")
