@@ -45,10 +45,15 @@ setup(
             "spacy-bond-moe.MoETagger.v1 = spacy_bond_moe.architectures:build_moe_tagger_v1",
             "spacy-bond-moe.CaseAwareTok2Vec.v1 = "
             "spacy_bond_moe.architectures:build_case_aware_tok2vec_v1",
+            "spacy-bond-moe.FrozenTorchParams.v1 = "
+            "spacy_bond_moe.architectures:build_frozen_torch_params_v1",
         ],
         "thinc_layers": [
             "spacy-bond-moe.empty_safe_pooling.v1 = "
             "spacy_bond_moe.architectures:build_empty_safe_pooling_v1",
+        ],
+        "spacy_batchers": [
+            "spacy-bond-moe.length_buckets.v1 = spacy_bond_moe.batching:configure_length_buckets_v1",
         ],
         "spacy_callbacks": [
             "spacy-bond-moe.em_schedule.v1 = spacy_bond_moe.callbacks:create_em_schedule",

@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import spacy
 from spacy.tokens import DocBin
@@ -59,6 +59,13 @@ def summary(n_words: int, seconds: Sequence[float]) -> Dict[str, Any]:
     rates = sorted(n_words / s for s in seconds)
     return {"words_per_s": {"median": round(statistics.median(rates), 1), "min": round(rates[0], 1),
                             "max": round(rates[-1], 1)}, "seconds": [round(s, 3) for s in seconds]}
+
+
+def read_texts(path: Path) -> Tuple[List[str], int]:
+    """The texts of a DocBin and their number of spaCy tokenizer tokens."""
+    nlp = spacy.blank("en")
+    texts = [d.text for d in DocBin().from_disk(path).get_docs(nlp.vocab)]
+    return texts, sum(len(doc) for doc in nlp.tokenizer.pipe(texts))
 
 
 def build(config: str, overrides: Dict[str, Any], train: Path) -> Any:
@@ -103,9 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     machine = machine_info()
-    nlp = spacy.blank("en")
-    texts = [d.text for d in DocBin().from_disk(args.data).get_docs(nlp.vocab)]
-    n_words = sum(len(doc) for doc in nlp.tokenizer.pipe(texts))
+    texts, n_words = read_texts(args.data)
     rows: Dict[str, Any] = {"raw_encoder": {"batch_size": 64, **summary(n_words, timed(raw_encoder(texts), args.repeats))}}
     for name in args.pipelines.split(","):
         config, overrides = PIPELINES[name]

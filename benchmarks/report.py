@@ -119,24 +119,31 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
     if speed is None:
         return lines + [NOT_RUN, ""]
     lines += [f"`{speed['command']}` → `{speed['_file']}` (commit {(speed.get('git') or {}).get('commit', '?')[:10]}): "
-              "one child process per variant on the same machine, the same seeded batches of 16 "
-              "sentences, no E-step/teacher during the timed steps; inference = `spacy benchmark speed` "
-              "on the dev split (and in-process `nlp.pipe`).", ""]
+              "one child process per variant on the same machine, batches of 16 sentences from each "
+              "config's batcher over the same seeded shuffles, no E-step/teacher during the timed steps; "
+              "inference = `spacy benchmark speed` on the dev split (and in-process `nlp.pipe`); "
+              "`_before` = configs/bond_moe_paper.cfg (random batches, word-piece table trained); "
+              "padding = tokens after padding each batch to its longest / tokens; corpus passes in "
+              "words/s over the training set, next to `nlp.pipe` over the same texts.", ""]
     rows = []
     for name, v in speed["variants"].items():
         if "error" in v:  # a variant whose child process failed (speed.py records why)
-            rows.append([f"`{name}`", f"FAILED: {v['error']}"] + ["-"] * 10)
+            rows.append([f"`{name}`", f"FAILED: {v['error']}"] + ["-"] * 15)
             continue
         bench = v.get("spacy_benchmark") or {}
-        rows.append([f"`{name}`", fmt_num(v["train"]["words_per_s"], 0), fmt_num(v["train"]["s_per_step"], 3),
+        rows.append([f"`{name}`", v.get("config") or speed.get("config", "-"), fmt_num(v["train"].get("padded_over_words"), 2),
+                     fmt_num(v["train"]["words_per_s"], 0), fmt_num(v["train"]["s_per_step"], 3),
                      fmt_num(v["train"]["step_s"]["std"], 3),
                      fmt_num(v.get("estep_s"), 2),
                      "-" if v.get("estep_share") is None else f"{100 * v['estep_share']:.1f}%",
                      fmt_num(v.get("teacher_snapshot_s"), 2), fmt_num(v.get("teacher_refresh_s"), 2),
+                     fmt_num(v.get("estep_words_per_s"), 0), fmt_num(v.get("teacher_words_per_s"), 0),
+                     fmt_num(v.get("pipe_train_words_per_s"), 0),
                      fmt_num(bench.get("words_per_s"), 0), fmt_num(v.get("pipe_words_per_s"), 0),
                      fmt_num(v.get("peak_rss_mb"), 0), fmt_num(v["n_params"] / 1e6, 1)])
-    lines += table(["variant", "train words/s", "s/step", "std s/step", "E-step s", "E-step share",
-                    "teacher snapshot s", "refresh s", "infer words/s (spacy benchmark)",
+    lines += table(["variant", "config", "padding", "train words/s", "s/step", "std s/step", "E-step s",
+                    "E-step share", "teacher snapshot s", "refresh s", "E-step words/s",
+                    "teacher words/s", "nlp.pipe words/s (train texts)", "infer words/s (spacy benchmark)",
                     "nlp.pipe words/s", "peak RSS MB", "params M"], rows) + [""]
     verdicts = {True: "met", False: "**not met**", None: "not measured"}
     rows = [[f"`{name}`", t["target"], fmt_num(t["value"], 3), verdicts[t["met"]]]
@@ -170,6 +177,27 @@ def inference_section(data: Optional[Dict[str, Any]]) -> List[str]:
     lines += table(["pipeline", "batch size", "words/s (median)", "min", "max"], rows) + [""]
     rows = [[name, fmt_num(value, 3)] for name, value in data["ratios"].items()]
     return lines + table(["ratio of medians", "value"], rows) + [""]
+
+
+def onnx_section(data: Optional[Dict[str, Any]]) -> List[str]:
+    """The raw encoder in PyTorch and ONNX Runtime, fp32 and int8 (benchmarks/onnx_check.py)."""
+    lines = ["## A faster CPU inference engine? (raw encoder)", ""]
+    if data is None:
+        return lines + [NOT_RUN, ""]
+    load = data["machine"]
+    commit = ((data.get("git") or {}).get("commit") or "?")[:10]
+    lines += [f"`{data['command']}` → `{data['_file']}` (commit {commit}, onnxruntime "
+              f"{data['versions'].get('onnxruntime')}): MiniLM-L6 alone on {data['n_docs']} docs / "
+              f"{data['n_words']} words of `{data['data']}`, length-sorted batches of "
+              f"{data['batch_size']}, median of {data['repeats']} passes after a warm-up, load average "
+              f"{load.get('loadavg_at_start')} → {load.get('loadavg_at_end')}. A path ships only at >= "
+              f"{data['ship_if_ratio_at_least']}x.", ""]
+    rows = [[f"`{name}`", fmt_num(row["words_per_s"]["median"], 0), fmt_num(row["words_per_s"]["min"], 0),
+             fmt_num(row["words_per_s"]["max"], 0), f"{row['ratio_to_torch_fp32']:.2f}x",
+             f"{row['max_abs_deviation_from_torch_fp32']:.1e}"]
+            for name, row in data["rows"].items()]
+    return lines + table(["engine", "words/s (median)", "min", "max", "vs torch fp32",
+                          "max abs deviation"], rows) + [""]
 
 
 def seqeval_section(data: Optional[Dict[str, Any]]) -> List[str]:
@@ -758,6 +786,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
                  test_quality: Optional[Dict[str, Any]] = None, out_results: Optional[Path] = None,
                  tokens: Optional[Dict[str, Any]] = None,
                  inference: Optional[Dict[str, Any]] = None,
+                 onnx: Optional[Dict[str, Any]] = None,
                  seqeval: Optional[Dict[str, Any]] = None,
                  kills: Sequence[Dict[str, Any]] = (),
                  resume: Optional[Dict[str, Any]] = None) -> str:
@@ -849,6 +878,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     lines += labels_section(runs, quality, scale, test_quality)
     lines += speed_section(speed, profile)
     lines += inference_section(inference)
+    lines += onnx_section(onnx)
     lines += seqeval_section(seqeval)
     lines += reliability_section(kills, resume)
 
@@ -957,6 +987,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         out_results=args.results if args.results.is_dir() else None,
                         tokens=load_extra(args.results, "tokenization.json"),
                         inference=load_extra(args.results, "inference_speed__conll03.json"),
+                        onnx=load_extra(args.results, "onnx_check__conll03.json"),
                         seqeval=load_extra(args.results, "seqeval_check.json"),
                         kills=[k for k in (load_extra(args.results, f"kill_safety__{e}.json")
                                            for e in ("tiny", "minilm")) if k is not None],

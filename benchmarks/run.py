@@ -197,13 +197,30 @@ SYSTEMS: Dict[str, System] = {
                extra=((f"--components.{COMPONENT}.assigner.m_step", "soft"),)),
     )
 }
+SYSTEMS["bond_moe_warmup_buckets"] = System(
+    "bond_moe_warmup_buckets", "configs/bond_moe_paper.cfg",
+    "investigation: `bond_moe_warmup` with length-bucketed batches only (`fill = \"tokens\"`, the "
+    "batcher's default; the word-piece table trained)", n_experts=3, shared_stage_one=True,
+    extra=(("--training.batcher", '{"@batchers":"spacy-bond-moe.length_buckets.v1","size":16,'
+                                  '"buffer":50,"get_length":null}'),))
+SYSTEMS["minilm_fast"] = System(
+    "minilm_fast", "configs/minilm_fast.cfg",
+    "investigation: the default recipe trained faster (configs/minilm_fast.cfg): length-bucketed "
+    "batches (`fill = \"tokens\"`) and the word-piece embedding table frozen",
+    n_experts=3, shared_stage_one=True)
+SYSTEMS["minilm_fast_fill_sentences"] = System(
+    "minilm_fast_fill_sentences", "configs/minilm_fast.cfg",
+    "investigation: `minilm_fast` with 16 sentences per bucketed batch (each step's token-mean "
+    "loss weighs a batch of one-word lines as much as one of long sentences)",
+    n_experts=3, shared_stage_one=True, extra=(("--training.batcher.fill", "sentences"),))
 # `default`: configs/minilm.cfg (shared_steps = teacher_start) is the `bond_moe_warmup` command.
 ALIASES: Dict[str, str] = {"wo_moe": "bond", "default": "bond_moe_warmup"}
 # Systems run one by one to test a hypothesis; not part of the --all suite table.
 INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_moe_warmup",
                                   "bond_moe_warmup_cnn", "bond_moe_soft", "bond_case",
                                   "bond_case_affix", "bond_gce", "bond_odrop", "bond_filter",
-                                  "bond_filter_o", "bond_moe_ensemble", "bond_lr1e4")
+                                  "bond_filter_o", "bond_moe_ensemble", "bond_lr1e4", "minilm_fast",
+                                  "bond_moe_warmup_buckets", "minilm_fast_fill_sentences")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.

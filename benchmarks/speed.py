@@ -1,15 +1,21 @@
 """Speed and memory cost of the K experts: K=1 vs K=3 shared vs K=3 separate encoders.
 
 One CHILD process per variant (so the peak RSS, from ``os.wait4``, is the variant's own) builds the
-pipeline from the config, initializes it on the training corpus and measures, on the same fixed
-batches of 16 training sentences (shuffled with a fixed seed) for every variant:
+pipeline from the config, initializes it on the training corpus and measures, on batches of the
+config's own batcher over seeded shuffles of the training corpus (the same batches for every
+variant with the same batcher; `padded_over_words` = tokens after padding to each batch's longest
+sentence / tokens):
 
 - training throughput: ``--warmup`` untimed, then ``--steps`` timed ``nlp.update`` calls (dropout and
   optimizer of the config; each document routed to its expert, no E-step or teacher in between);
 - one corpus E-step (``reassign_experts`` over the whole training set; K>1 only) as a share of one
   epoch of training (epoch = n_train_docs / 16 steps at the measured s/step);
-- a teacher snapshot and a teacher refresh (``snapshot_teacher`` twice);
+- a teacher snapshot and a teacher refresh (``snapshot_teacher`` twice); both corpus passes also as
+  words/s, against ``nlp.pipe`` over the same training texts (``*_over_inference`` ratios);
 - inference words/s with ``nlp.pipe`` over the dev texts (``--pipe-repeats`` timed passes).
+
+Variants ``k1_before`` and ``k3_shared_before`` train with ``configs/bond_moe_paper.cfg`` (random
+batches, the word-piece table trained: the default before issue 18) for before/after ratios.
 
 The child saves the pipeline; the parent then runs ``python -m spacy benchmark speed`` on it (a
 separate process, its own peak RSS) and parses its mean words/s and 95% CI. One JSON with every
@@ -19,6 +25,7 @@ variant, the K=3/K=1 ratios and the issue's targets is written atomically to
     python benchmarks/speed.py                                   # MiniLM, Webpage, the 3 variants
     python benchmarks/speed.py --steps 3 --warmup 1 --variants k1 --no-spacy-benchmark
     python benchmarks/speed.py --config configs/cnn.cfg          # the fast CNN encoder
+    python benchmarks/speed.py --variants k1_before,k1,k3_shared_before,k3_shared  # issue 18
 
 Default run (3 + 50 steps, 30 benchmark batches of 32 docs) with MiniLM on an idle 2-core CPU
 (~1.2 s per step of 16 sentences for K=1): about 2 + 2 + 5.5 min ≈ 10 min; k3_separate runs three
@@ -49,13 +56,21 @@ from run import child_env, git_info, machine_info, package_versions, rel, write_
 COMPONENT = "bond_moe_ner"
 BATCH_SENTENCES = 16  # [training.batcher] size of every config
 SCHEMA_VERSION = 1
-VARIANTS: Dict[str, Tuple[int, str]] = {
-    "k1": (1, "shared"),
-    "k3_shared": (3, "shared"),
-    "k3_separate": (3, "separate"),
+# name: (config, K, expert mode); None = the --config given. The `_before` variants are the
+# training setup before issue 18 (configs/bond_moe_paper.cfg: random batches of 16, the
+# word-piece table trained), for before/after ratios in one run.
+VARIANTS: Dict[str, Tuple[Optional[str], int, str]] = {
+    "k1": (None, 1, "shared"),
+    "k3_shared": (None, 3, "shared"),
+    "k3_separate": (None, 3, "separate"),
+    "k1_before": ("configs/bond_moe_paper.cfg", 1, "shared"),
+    "k3_shared_before": ("configs/bond_moe_paper.cfg", 3, "shared"),
 }
-TARGETS = {  # the issue's targets
-    "train_wps_k3_shared_over_k1": (">=", 0.87),
+DEFAULT_VARIANTS = ("k1", "k3_shared", "k3_separate")
+TARGETS = {  # the issues' targets
+    "train_wps_k3_shared_over_k1": (">=", 0.91),  # issue 18: K=3 within 1.1x the cost of K=1
+    "train_wps_over_before": (">=", 1.6),
+    "corpus_pass_over_inference": (">=", 0.9),
     "infer_wps_k3_shared_over_k1": (">=", 0.9),
     "estep_share_max": ("<=", 0.15),
 }
@@ -94,25 +109,26 @@ def _stats(values: Sequence[float]) -> Dict[str, float]:
 
 
 def fixed_batches(examples: List[Any], n_batches: int, seed: int,
-                  size: int = BATCH_SENTENCES) -> List[List[Any]]:
-    """`n_batches` batches of `size` examples: passes over the corpus, each reshuffled by one
-    seeded RNG (the same batches for every variant)."""
+                  batcher: Any) -> List[List[Any]]:
+    """`n_batches` batches of the config's batcher: passes over the corpus, each reshuffled by
+    one seeded RNG (the same batches for every variant with the same batcher)."""
     rng = random.Random(seed)
     batches: List[List[Any]] = []
     while len(batches) < n_batches:
         order = list(examples)
         rng.shuffle(order)
-        for i in range(0, len(order), size):
+        for batch in batcher(order):
             if len(batches) == n_batches:
                 break
-            batches.append(order[i: i + size])
+            batches.append(batch)
     return batches
 
 
 def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_path: Path,
                     dev_path: Path, *, steps: int, warmup: int, seed: int = 0,
                     pipe_repeats: int = 3, threads: Optional[int] = None,
-                    model_dir: Optional[Path] = None) -> Dict[str, Any]:
+                    model_dir: Optional[Path] = None,
+                    overrides_extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Build, initialize and time one variant in THIS process; save it to `model_dir` if given."""
     import resource
 
@@ -130,6 +146,7 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
         f"components.{COMPONENT}.model.n_experts": n_experts,
         f"components.{COMPONENT}.model.expert_mode": expert_mode,
         "system.seed": seed,
+        **(overrides_extra or {}),
     }
     t0 = time.perf_counter()
     spacy.util.fix_random_seed(seed)
@@ -141,14 +158,16 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
     dev_texts = [eg.reference.text for eg in Corpus(str(dev_path))(nlp)]
     # The config's optimizer, resolved from the interpolated config as `spacy train` does.
     interpolated = nlp.config.interpolate()
-    optimizer = registry.resolve({"optimizer": interpolated["training"]["optimizer"]})["optimizer"]
+    resolved = registry.resolve({"optimizer": interpolated["training"]["optimizer"],
+                                 "batcher": interpolated["training"]["batcher"]})
+    optimizer, batcher = resolved["optimizer"], resolved["batcher"]
     nlp.initialize(lambda: train_examples, sgd=optimizer)
     build_init_s = time.perf_counter() - t0
     pipe = nlp.get_pipe(COMPONENT)
     dropout = float(interpolated["training"]["dropout"])
 
     # --- training throughput (no E-step, no teacher)
-    batches = fixed_batches(train_examples, warmup + steps, seed)
+    batches = fixed_batches(train_examples, warmup + steps, seed, batcher)
     step_s: List[float] = []
     step_words: List[int] = []
     for i, batch in enumerate(batches):
@@ -163,16 +182,20 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
     train_s = sum(step_s)
     s_per_step = train_s / len(step_s)
     n_train = len(train_examples)
+    n_train_words = sum(len(eg.predicted) for eg in train_examples)
+    padded = sum(len(b) * max(len(eg.predicted) for eg in b) for b in batches[warmup:])
     epoch_steps = n_train / BATCH_SENTENCES
     epoch_s = epoch_steps * s_per_step
 
     # --- E-step over the whole training corpus (K > 1 only: the schedule skips K = 1)
-    estep: Dict[str, Any] = {"estep_s": None, "estep_share": None, "estep_over_epoch": None}
+    estep: Dict[str, Any] = {"estep_s": None, "estep_share": None, "estep_over_epoch": None,
+                             "estep_words_per_s": None}
     if pipe.n_experts > 1:
         start = time.perf_counter()
         event = pipe.reassign_experts(train_examples, nlp=nlp)
         estep_s = time.perf_counter() - start
         estep = {"estep_s": estep_s, "estep_share": estep_s / (estep_s + epoch_s),
+                 "estep_words_per_s": n_train_words / estep_s,
                  "estep_over_epoch": estep_s / epoch_s, "estep_loads": event["loads"]}
 
     # --- teacher: first snapshot, then a refresh
@@ -191,6 +214,12 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
         n_words = sum(len(doc) for doc in nlp.pipe(dev_texts))
         pipe_wps.append(n_words / (time.perf_counter() - start))
 
+    # --- the same inference over the training texts: the corpus passes' like-for-like reference
+    train_texts = [eg.reference.text for eg in train_examples]
+    list(nlp.pipe(train_texts))
+    start = time.perf_counter()
+    pipe_train_wps = sum(len(doc) for doc in nlp.pipe(train_texts)) / (time.perf_counter() - start)
+
     model_size_mb = None
     if model_dir is not None:
         nlp.to_disk(model_dir)
@@ -204,7 +233,7 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
         "build_init_s": build_init_s,
         "corpus_read_s": corpus_read_s,
         "n_train_docs": n_train,
-        "n_train_words": sum(len(eg.predicted) for eg in train_examples),
+        "n_train_words": n_train_words,
         "n_dev_docs": len(dev_texts),
         "dropout": dropout,
         "train": {
@@ -217,11 +246,14 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
             "s_per_step": s_per_step,
             "step_s": _stats(step_s),
             "epoch_steps": epoch_steps,
+            "padded_over_words": padded / sum(step_words),
             "epoch_s": epoch_s,
         },
         **estep,
         "teacher_snapshot_s": snapshot_s,
         "teacher_refresh_s": refresh_s,
+        "teacher_words_per_s": n_train_words / refresh_s,
+        "pipe_train_words_per_s": pipe_train_wps,
         "pipe_words_per_s": sum(pipe_wps) / len(pipe_wps),
         "pipe_words_per_s_runs": pipe_wps,
         "pipe_words": sum(len(nlp.make_doc(t)) for t in dev_texts),
@@ -282,6 +314,17 @@ def compute_ratios(results: Dict[str, Any]) -> Dict[str, Optional[float]]:
                                               _get(results, "k1", "pipe_words_per_s"))
         out[f"peak_rss_{k3}_over_k1"] = ratio(_get(results, k3, "peak_rss_mb"),
                                               _get(results, "k1", "peak_rss_mb"))
+    for variant in ("k1", "k3_shared"):
+        out[f"train_wps_{variant}_over_before"] = ratio(
+            _get(results, variant, "train", "words_per_s"),
+            _get(results, f"{variant}_before", "train", "words_per_s"))
+    for variant in ("k3_shared", "k3_separate"):
+        out[f"estep_wps_{variant}_over_inference"] = ratio(
+            _get(results, variant, "estep_words_per_s"), _get(results, variant, "pipe_train_words_per_s"))
+    for variant in ("k1", "k3_shared", "k3_separate"):
+        out[f"teacher_wps_{variant}_over_inference"] = ratio(
+            _get(results, variant, "teacher_words_per_s"),
+            _get(results, variant, "pipe_train_words_per_s"))
     return out
 
 
@@ -299,6 +342,14 @@ def check_targets(results: Dict[str, Any], ratios: Dict[str, Optional[float]]) -
         infer if infer is not None else ratios["pipe_wps_k3_shared_over_k1"], op, limit)
     out["infer_wps_k3_shared_over_k1"]["source"] = (
         "spacy benchmark speed" if infer is not None else "nlp.pipe")
+    op, limit = TARGETS["train_wps_over_before"]
+    for variant in ("k1", "k3_shared"):
+        key = f"train_wps_{variant}_over_before"
+        out[key] = check(ratios.get(key), op, limit)
+    op, limit = TARGETS["corpus_pass_over_inference"]
+    for key in ("estep_wps_k3_shared_over_inference", "teacher_wps_k3_shared_over_inference",
+                "teacher_wps_k1_over_inference"):
+        out[key] = check(ratios.get(key), op, limit)
     op, limit = TARGETS["estep_share_max"]
     for variant in ("k3_shared", "k3_separate"):
         out[f"estep_share_{variant}"] = check(_get(results, variant, "estep_share"), op, limit)
@@ -307,7 +358,7 @@ def check_targets(results: Dict[str, Any], ratios: Dict[str, Optional[float]]) -
 
 def run_variant(name: str, args: argparse.Namespace, work: Path) -> Dict[str, Any]:
     """Measure one variant in a child process, then `spacy benchmark speed` its saved pipeline."""
-    n_experts, mode = VARIANTS[name]
+    config, n_experts, mode = VARIANTS[name]
     model_dir, child_json = work / f"model_{name}", work / f"{name}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name,
            "--child-json", str(child_json), "--child-model-dir", str(model_dir),
@@ -327,6 +378,7 @@ def run_variant(name: str, args: argparse.Namespace, work: Path) -> Dict[str, An
     result = json.loads(child_json.read_text(encoding="utf8"))
     result["peak_rss_mb"] = rss
     result["child_wall_s"] = wall
+    result["config"] = config or rel(args.config)
     print(f"[speed] {name}: {result['train']['words_per_s']:.0f} train words/s, "
           f"{result['train']['s_per_step']:.3f} s/step, peak RSS {rss:.0f} MB ({wall:.0f}s)",
           flush=True)
@@ -396,7 +448,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "minilm.cfg")
     p.add_argument("--train", type=Path, default=ROOT / "corpus" / "webpage" / "train.spacy")
     p.add_argument("--dev", type=Path, default=ROOT / "corpus" / "webpage" / "dev.spacy")
-    p.add_argument("--variants", default=",".join(VARIANTS),
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--steps", type=int, default=50, help="timed training steps (16 sentences each)")
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps before them")
@@ -434,8 +486,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.child:
-        n_experts, mode = VARIANTS[args.child]
-        result = measure_variant(args.config, n_experts, mode, args.train, args.dev,
+        config, n_experts, mode = VARIANTS[args.child]
+        result = measure_variant(ROOT / config if config else args.config, n_experts, mode, args.train, args.dev,
                                  steps=args.steps, warmup=args.warmup, seed=args.seed,
                                  pipe_repeats=args.pipe_repeats, threads=args.threads or None,
                                  model_dir=args.child_model_dir)

@@ -4,8 +4,10 @@ from .architectures import (
     build_case_aware_tok2vec_v1,
     build_empty_safe_pooling_v1,
     build_expert_heads,
+    build_frozen_torch_params_v1,
     build_moe_tagger_v1,
 )
+from .batching import configure_length_buckets_v1, length_buckets
 from .callbacks import create_em_schedule, create_em_schedule_v2, create_em_schedule_v3
 from .component import BondMoENER, install_extensions, make_bond_moe_ner
 from .denoise import ConfidenceFilter, build_confidence_filter_v1
@@ -24,6 +26,9 @@ __all__ = [
     "build_expert_heads",
     "build_empty_safe_pooling_v1",
     "build_case_aware_tok2vec_v1",
+    "build_frozen_torch_params_v1",
+    "configure_length_buckets_v1",
+    "length_buckets",
     "create_em_schedule",
     "create_em_schedule_v2",
     "create_em_schedule_v3",

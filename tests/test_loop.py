@@ -85,9 +85,11 @@ def test_train_is_spacy_train(corpus, tmp_path):
     assert not list(ours.glob(".*"))  # no partial or old folder left
 
 
-@pytest.mark.parametrize("config,kill_at", [("cnn", 16), ("cnn", 24), ("minilm", 16)])
+@pytest.mark.parametrize("config,kill_at", [("cnn", 16), ("cnn", 24), ("minilm", 16),
+                                            ("minilm_fast", 16)])
 def test_resumed_run_ends_like_the_uninterrupted_one(corpus, tmp_path, tiny_bert, config, kill_at):
-    extra = ("--paths.transformer", str(tiny_bert)) if config == "minilm" else ()
+    """minilm_fast: bucketed batches (re-read when the epoch is resumed) and frozen weights."""
+    extra = ("--paths.transformer", str(tiny_bert)) if config.startswith("minilm") else ()
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     proc = run(command(corpus, whole, config, extra))
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -111,9 +111,11 @@ def test_entry_points_declared():
 
     groups = {g: {ep.name for ep in entry_points(group=g)} for g in
               ("spacy_factories", "spacy_architectures", "spacy_callbacks", "spacy_loggers",
-               "spacy_misc", "thinc_layers")}
+               "spacy_misc", "thinc_layers", "spacy_batchers")}
     assert "bond_moe_ner" in groups["spacy_factories"]
-    assert "spacy-bond-moe.MoETagger.v1" in groups["spacy_architectures"]
+    assert {"spacy-bond-moe.MoETagger.v1", "spacy-bond-moe.CaseAwareTok2Vec.v1",
+            "spacy-bond-moe.FrozenTorchParams.v1"} <= groups["spacy_architectures"]
+    assert "spacy-bond-moe.length_buckets.v1" in groups["spacy_batchers"]
     assert {"spacy-bond-moe.em_schedule.v1", "spacy-bond-moe.em_schedule.v2"} <= groups["spacy_callbacks"]
     assert "spacy-bond-moe.ConsoleLogger.v1" in groups["spacy_loggers"]
     assert set(MISC) <= groups["spacy_misc"]
