@@ -429,7 +429,7 @@ def _freeze(model: Model) -> int:
 def frozen_init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
     inner = model.layers[0]
     inner.initialize(X=X)
-    if inner.has_dim("nO") and inner.get_dim("nO") is not None:
+    if inner.has_dim("nO") is True:  # None: the dimension exists but is unset
         model.set_dim("nO", inner.get_dim("nO"))
     names = [name for node in inner.walk() for shim in node.shims
              if hasattr(getattr(shim, "_model", None), "named_parameters")
