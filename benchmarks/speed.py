@@ -127,8 +127,7 @@ def fixed_batches(examples: List[Any], n_batches: int, seed: int,
 def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_path: Path,
                     dev_path: Path, *, steps: int, warmup: int, seed: int = 0,
                     pipe_repeats: int = 3, threads: Optional[int] = None,
-                    model_dir: Optional[Path] = None,
-                    overrides_extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                    model_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Build, initialize and time one variant in THIS process; save it to `model_dir` if given."""
     import resource
 
@@ -146,7 +145,6 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
         f"components.{COMPONENT}.model.n_experts": n_experts,
         f"components.{COMPONENT}.model.expert_mode": expert_mode,
         "system.seed": seed,
-        **(overrides_extra or {}),
     }
     t0 = time.perf_counter()
     spacy.util.fix_random_seed(seed)

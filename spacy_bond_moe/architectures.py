@@ -1,7 +1,7 @@
 """Registered model architectures: a tok2vec encoder (shared or per expert) + K expert heads."""
 import copy
 import random
-from typing import Callable, List, Literal, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import numpy
 from spacy.tokens import Doc
@@ -408,22 +408,23 @@ def build_frozen_torch_params_v1(
     return model
 
 
-def _freeze(model: Model) -> int:
-    """Switch off the gradients of the matching torch parameters (again after a load
-    rebuilds the torch module); the number of tensors frozen."""
-    prefixes = tuple(model.attrs["frozen"])
-    count = 0
+def _torch_params(model: Model) -> Iterator[Tuple[str, "torch.nn.Parameter"]]:
+    """(name, tensor) of every PyTorch parameter inside the wrapped encoder's shims."""
     for node in model.layers[0].walk():
         for shim in node.shims:
             module = getattr(shim, "_model", None)
-            if module is None or not hasattr(module, "named_parameters"):
-                continue
-            for name, tensor in module.named_parameters():
-                if name.startswith(prefixes):
-                    tensor.requires_grad_(False)
-                    tensor.grad = None
-                    count += 1
-    return count
+            if module is not None and hasattr(module, "named_parameters"):
+                yield from module.named_parameters()
+
+
+def _freeze(model: Model) -> None:
+    """Switch off the gradients of the matching torch parameters (again after a load
+    rebuilds the torch module)."""
+    prefixes = tuple(model.attrs["frozen"])
+    for name, tensor in _torch_params(model):
+        if name.startswith(prefixes):
+            tensor.requires_grad_(False)
+            tensor.grad = None
 
 
 def frozen_init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
@@ -431,9 +432,7 @@ def frozen_init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
     inner.initialize(X=X)
     if inner.has_dim("nO") is True:  # None: the dimension exists but is unset
         model.set_dim("nO", inner.get_dim("nO"))
-    names = [name for node in inner.walk() for shim in node.shims
-             if hasattr(getattr(shim, "_model", None), "named_parameters")
-             for name, _ in shim._model.named_parameters()]
+    names = [name for name, _ in _torch_params(model)]
     for prefix in model.attrs["frozen"]:
         if not any(name.startswith(prefix) for name in names):
             sample = ", ".join(sorted({n.rsplit(".", 1)[0] for n in names})[:6]) or "none"
