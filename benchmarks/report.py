@@ -200,6 +200,28 @@ def onnx_section(data: Optional[Dict[str, Any]]) -> List[str]:
                           "max abs deviation"], rows) + [""]
 
 
+def int8_section(data: Optional[Dict[str, Any]]) -> List[str]:
+    """Trained pipelines with `inference = "int8"` against fp32 (benchmarks/int8_check.py)."""
+    lines = ["## int8 inference in the pipeline (`bond_moe_ner` `inference = \"int8\"`)", ""]
+    if data is None:
+        return lines + [NOT_RUN, ""]
+    load = data["machine"]
+    commit = ((data.get("git") or {}).get("commit") or "?")[:10]
+    verdict = "**ships**" if data["ships"] else "**does not ship**"
+    lines += [f"`{data['command']}` → `{data['_file']}` (commit {commit}): each pipeline loaded as "
+              f"saved (fp32) and with `inference = \"int8\"`; F1 by spaCy's scorer on the split's "
+              f"re-tokenised text, `nlp.pipe` words/s the median of {data['repeats']} passes after a "
+              f"warm-up, load average {load.get('loadavg_at_start')} → {load.get('loadavg_at_end')}. "
+              f"Rule: ship at >= {data['ship_if_speedup_at_least']}x and <= "
+              f"{data['ship_if_f1_loss_at_most']} F1 points lost on every pair: {verdict}.", ""]
+    rows = [[f"`{r['model']}`", f"`{r['data']}`", fmt_num(r["fp32"]["f1"]), fmt_num(r["int8"]["f1"]),
+             fmt_num(r["f1_loss"]), fmt_num(r["fp32"]["words_per_s"]["median"], 0),
+             fmt_num(r["int8"]["words_per_s"]["median"], 0), f"{r['speedup']:.2f}x"]
+            for r in data["rows"]]
+    return lines + table(["pipeline", "data", "F1 fp32", "F1 int8", "F1 lost", "words/s fp32",
+                          "words/s int8", "speedup"], rows) + [""]
+
+
 def seqeval_section(data: Optional[Dict[str, Any]]) -> List[str]:
     """spaCy's scorer against seqeval on the same predictions (benchmarks/seqeval_check.py)."""
     lines = ["## Independent scorer check (seqeval)", ""]
@@ -787,6 +809,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
                  tokens: Optional[Dict[str, Any]] = None,
                  inference: Optional[Dict[str, Any]] = None,
                  onnx: Optional[Dict[str, Any]] = None,
+                 int8: Optional[Dict[str, Any]] = None,
                  seqeval: Optional[Dict[str, Any]] = None,
                  kills: Sequence[Dict[str, Any]] = (),
                  resume: Optional[Dict[str, Any]] = None) -> str:
@@ -879,6 +902,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     lines += speed_section(speed, profile)
     lines += inference_section(inference)
     lines += onnx_section(onnx)
+    lines += int8_section(int8)
     lines += seqeval_section(seqeval)
     lines += reliability_section(kills, resume)
 
@@ -988,6 +1012,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         tokens=load_extra(args.results, "tokenization.json"),
                         inference=load_extra(args.results, "inference_speed__conll03.json"),
                         onnx=load_extra(args.results, "onnx_check__conll03.json"),
+                        int8=load_extra(args.results, "int8_check.json"),
                         seqeval=load_extra(args.results, "seqeval_check.json"),
                         kills=[k for k in (load_extra(args.results, f"kill_safety__{e}.json")
                                            for e in ("tiny", "minilm")) if k is not None],

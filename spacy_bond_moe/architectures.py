@@ -1,7 +1,9 @@
 """Registered model architectures: a tok2vec encoder (shared or per expert) + K expert heads."""
 import copy
 import random
-from typing import Callable, Iterator, List, Literal, Optional, Sequence, Tuple
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import numpy
 from spacy.tokens import Doc
@@ -18,6 +20,9 @@ LISTENER_NAMES = ("tok2vec-listener", "transformer-listener")
 # (2-core CPU), and no slower for the CNN encoder (benchmarks/README.md, "Inference speed").
 PREDICT_TOKENS = 512
 
+# Number format of the PyTorch encoder at prediction (`bond_moe_ner`'s `inference`).
+Inference = Literal["fp32", "int8"]
+INFERENCE = ("fp32", "int8")
 ExpertMode = Literal["shared", "separate"]
 EXPERT_MODES = ("shared", "separate")
 # Model attr: a learning-rate multiplier for a layer and everything under it (see
@@ -138,6 +143,68 @@ def predict_in_length_groups(model: Model, docs: List[Doc], budget: int) -> List
     if after_one_call is not None:
         random.setstate(after_one_call)
     return output  # type: ignore[return-value]
+
+
+class Int8Encoders:
+    """Dynamic int8 copies (torch's `quantize_dynamic`: int8 weights, activations quantized
+    per call) of the `torch.nn.Linear` layers of every PyTorch encoder in a model, swapped in
+    for prediction only: training, serialisation and the fp32 weights are untouched. A copy
+    is made on first use and again whenever its shim holds another module (after a load);
+    `clear` drops them after the weights change in place (an update)."""
+
+    def __init__(self) -> None:
+        self._copies: Dict[int, Tuple[Any, Any]] = {}  # id(shim): (fp32 module, int8 copy)
+        self._warned = False
+
+    def clear(self) -> None:
+        self._copies.clear()
+
+    def _shims(self, model: Model) -> List[Any]:
+        import torch
+
+        return [shim for node in model.walk() for shim in node.shims
+                if isinstance(getattr(shim, "_model", None), torch.nn.Module)]
+
+    def _warn(self, why: str) -> None:
+        if not self._warned:
+            warnings.warn(f"[bond_moe_ner] inference = \"int8\" has no effect: {why}; "
+                          f"predicting in fp32", stacklevel=3)
+            self._warned = True
+
+    def _int8_copy(self, module: Any) -> Any:
+        import torch
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's deprecation notices, once per copy
+                return torch.ao.quantization.quantize_dynamic(
+                    copy.deepcopy(module), {torch.nn.Linear}, dtype=torch.qint8)
+        except (AttributeError, RuntimeError) as err:
+            raise RuntimeError(f"[bond_moe_ner] inference = \"int8\": this torch "
+                               f"({torch.__version__}) cannot quantize the encoder ({err}); "
+                               f"load the pipeline with inference = \"fp32\"") from None
+
+    @contextmanager
+    def swapped_in(self, model: Model) -> Iterator[None]:
+        """Within the block, every CPU PyTorch encoder of `model` predicts with its int8 copy."""
+        shims = self._shims(model)
+        if not shims:
+            self._warn("the model has no PyTorch encoder of its own (a CNN or a listener)")
+        elif any(p.device.type != "cpu" for s in shims for p in s._model.parameters()):
+            self._warn("int8 kernels run on CPU only and the encoder is on another device")
+            shims = []
+        for shim in shims:
+            entry = self._copies.get(id(shim))
+            if entry is None or entry[0] is not shim._model:
+                self._copies[id(shim)] = (shim._model, self._int8_copy(shim._model))
+        originals = [shim._model for shim in shims]
+        try:
+            for shim in shims:
+                shim._model = self._copies[id(shim)][1]
+            yield
+        finally:
+            for shim, module in zip(shims, originals):
+                shim._model = module
 
 
 def _is_listener(tok2vec: Model) -> bool:

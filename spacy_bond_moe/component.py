@@ -18,7 +18,9 @@ from thinc.api import Config, Model, Optimizer, set_dropout_rate
 from thinc.types import Floats3d
 
 from . import em
-from .architectures import LR_SCALE_ATTR, PREDICT_TOKENS, predict_in_length_groups
+from .architectures import (
+    INFERENCE, LR_SCALE_ATTR, PREDICT_TOKENS, Inference, Int8Encoders, predict_in_length_groups,
+)
 from .denoise import LabelFilter
 from .integrity import load_model_bytes, read_verified, write_model
 from .losses import (
@@ -80,6 +82,7 @@ def install_extensions() -> None:
         "label_filter": None,
         "combine": "mean",
         "head_lr_scale": 1.0,
+        "inference": "fp32",
         "spans_key": "bond_moe",
         "scorer": {"@scorers": "spacy.ner_scorer.v1"},
     },
@@ -95,6 +98,7 @@ def make_bond_moe_ner(
     label_filter: Optional[LabelFilter],
     combine: Combine,
     head_lr_scale: float,
+    inference: Inference,
     spans_key: str,
     scorer: Optional[Callable],
 ) -> "BondMoENER":
@@ -102,7 +106,7 @@ def make_bond_moe_ner(
     return BondMoENER(
         nlp.vocab, model, name, assigner=assigner, pseudo_labeller=pseudo_labeller,
         distant_loss=distant_loss, label_filter=label_filter, combine=combine,
-        head_lr_scale=head_lr_scale, spans_key=spans_key, scorer=scorer,
+        head_lr_scale=head_lr_scale, inference=inference, spans_key=spans_key, scorer=scorer,
     )
 
 
@@ -122,6 +126,12 @@ class BondMoENER(TrainablePipe):
         by the share of training documents each expert was assigned at the last E-step.
     head_lr_scale (float): Learning-rate multiplier of the expert heads relative to the
         encoder (randomly initialised heads over a pretrained encoder learn faster).
+    inference (str): "fp32", or "int8": `predict` (hence `nlp(...)`, `nlp.pipe` and the dev
+        scores during training) runs the PyTorch encoder's Linear layers as dynamic int8
+        copies (CPU only; the weights stay fp32, and training, the E-step and the teacher
+        always use them). Part of the config, so it survives `to_disk` and `spacy package`;
+        switch a trained pipeline with `spacy.load(path, config={"components":
+        {"bond_moe_ner": {"inference": "int8"}}})`.
     spans_key (str): `doc.spans` key of the confidence span group.
 
     Training-only state (never serialised): `router` (routing of training documents),
@@ -144,11 +154,15 @@ class BondMoENER(TrainablePipe):
         label_filter: Optional[LabelFilter] = None,
         combine: Combine = "mean",
         head_lr_scale: float = 1.0,
+        inference: Inference = "fp32",
         spans_key: str = "bond_moe",
         scorer: Optional[Callable] = None,
     ) -> None:
         if combine not in ("mean", "weighted"):
             raise ValueError(f"[bond_moe_ner] combine must be 'mean' or 'weighted', got {combine!r}")
+        if inference not in INFERENCE:
+            raise ValueError(f"[bond_moe_ner] inference must be one of {', '.join(INFERENCE)}, "
+                             f"got {inference!r}")
         if head_lr_scale <= 0:
             raise ValueError(f"[bond_moe_ner] head_lr_scale must be > 0, got {head_lr_scale}")
         self.vocab = vocab
@@ -156,6 +170,8 @@ class BondMoENER(TrainablePipe):
         self.name = name
         self.scorer = scorer
         self.head_lr_scale = head_lr_scale
+        self._inference = inference
+        self._int8 = Int8Encoders()
         n_experts = model.attrs["n_experts"]
         self.cfg: Dict[str, Any] = {
             "labels": [],
@@ -175,6 +191,11 @@ class BondMoENER(TrainablePipe):
         install_extensions()
 
     # ----------------------------------------------------------------- labels
+    @property
+    def inference(self) -> str:
+        """The factory's `inference` (read-only: the saved config holds it)."""
+        return self._inference
+
     @property
     def labels(self) -> Tuple[str, ...]:
         return tuple(self.cfg["labels"])
@@ -239,16 +260,21 @@ class BondMoENER(TrainablePipe):
         self.model.set_dim("nO", len(self.tags))
         sample = [eg.predicted for eg in islice(examples, 10)]
         self.model.initialize(X=sample or None)
+        self._int8.clear()
         self.router.deal([em.doc_key(eg.reference) for eg in examples])
 
     # ---------------------------------------------------------------- predict
     def predict(self, docs: Iterable[Doc]) -> List[Floats3d]:
         """(n_tokens, K, C) probabilities per doc, encoded in groups of similar length
-        (`architectures.predict_in_length_groups`, at most `predict_tokens` padded tokens)."""
+        (`architectures.predict_in_length_groups`, at most `predict_tokens` padded tokens),
+        with the encoder's int8 copy when `inference` is "int8"."""
         docs = list(docs)
         if not any(len(doc) for doc in docs):
             n_tags = len(self.tags)
             return [self.model.ops.alloc3f(len(doc), self.n_experts, n_tags) for doc in docs]
+        if self._inference == "int8":
+            with self._int8.swapped_in(self.model):
+                return predict_in_length_groups(self.model, docs, self.predict_tokens)
         return predict_in_length_groups(self.model, docs, self.predict_tokens)
 
     def combine(self, probs: Floats3d) -> numpy.ndarray:
@@ -338,6 +364,7 @@ class BondMoENER(TrainablePipe):
                     param, _ = sgd((node.id, name), node.get_param(name), node.get_grad(name),
                                    lr_scale=scale)
                     node.set_param(name, param)
+        self._int8.clear()  # the encoder's weights changed in place
 
     def get_loss(
         self, examples: Iterable[Example], scores: List[Floats3d]
@@ -559,6 +586,7 @@ class BondMoENER(TrainablePipe):
         }
         util.from_disk(path, deserialize, exclude)
         self._check_weights_fit_labels(str(path))
+        self._int8.clear()
         return self
 
     def from_bytes(self, bytes_data: bytes, *, exclude: Iterable[str] = tuple()) -> "BondMoENER":
@@ -571,6 +599,7 @@ class BondMoENER(TrainablePipe):
         }
         util.from_bytes(bytes_data, deserialize, exclude)
         self._check_weights_fit_labels(f"the bytes of {self.name}")
+        self._int8.clear()
         return self
 
     def _check_weights_fit_labels(self, source: str) -> None:

@@ -690,6 +690,40 @@ def test_seqeval_check_agrees_with_spacy_scorer_and_report(tmp_path):
     assert f"| `{tmp_path / 'model'}` |" in section
 
 
+def test_int8_check_scores_both_engines_and_report(tmp_path, tiny_bert):
+    """A trained tiny-BERT pipeline: F1 and words/s for fp32 and int8 in one JSON and section."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    from .conftest import make_doc, make_examples, trf_tok2vec_config
+
+    check = load_module("int8_check")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("bond_moe_ner", config={"model": {
+        "@architectures": "spacy-bond-moe.MoETagger.v1", "n_experts": 1,
+        "tok2vec": trf_tok2vec_config(str(tiny_bert))}})
+    optimizer = nlp.initialize(lambda: make_examples(nlp))
+    for _ in range(10):
+        nlp.update(make_examples(nlp), sgd=optimizer)
+    nlp.to_disk(tmp_path / "model")
+    gold = [make_doc(nlp, "Mary met Bob Smith in Paris .", [(0, 4, "PER"), (9, 18, "PER"),
+                                                             (22, 27, "LOC")], "g0")]
+    DocBin(docs=gold).to_disk(tmp_path / "gold.spacy")
+    out = tmp_path / "results" / "int8_check.json"
+    assert check.main([f"{tmp_path / 'model'}:{tmp_path / 'gold.spacy'}", "--repeats", "1",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    row = result["rows"][0]
+    assert row["n_words"] == 7 and row["fp32"]["words_per_s"]["median"] > 0
+    assert row["f1_loss"] == pytest.approx(row["fp32"]["f1"] - row["int8"]["f1"], abs=0.01)
+    assert result["ships"] == (row["speedup"] >= 1.3 and row["f1_loss"] <= 0.5)
+    with pytest.raises(SystemExit):
+        check.main([f"{tmp_path}/nowhere:{tmp_path / 'gold.spacy'}", "--out", str(out)])
+    section = report_section(out.parent, "## int8 inference in the pipeline", "\n## ")
+    assert f"| `{tmp_path / 'model'}` | `{tmp_path / 'gold.spacy'}` |" in section
+    assert ("**ships**" if result["ships"] else "**does not ship**") in section
+
+
 @pytest.mark.parametrize("system", sorted(run.SYSTEMS))
 def test_every_system_config_builds_with_its_overrides(tmp_path, system):
     """The config plus the run's overrides (JSON blocks included) passes spaCy's validation
