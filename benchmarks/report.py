@@ -145,6 +145,24 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
                     "E-step share", "teacher snapshot s", "refresh s", "E-step words/s",
                     "teacher words/s", "nlp.pipe words/s (train texts)", "infer words/s (spacy benchmark)",
                     "nlp.pipe words/s", "peak RSS MB", "params M"], rows) + [""]
+    raw = speed["variants"].get("raw_encoder")
+    if raw is not None and "error" not in raw:
+        lines += [f"Reference `raw_encoder` (`{raw['encoder']}` alone, {raw['torch_threads']} torch "
+                  f"threads): matmul {raw['matmul_gflops']:.1f} GFLOP/s at {tuple(raw['matmul_shape'])}; "
+                  f"{raw['wordpieces_per_word']:.2f} word-pieces per word (specials included) × 2 FLOP "
+                  f"per Linear weight = {raw['mflop_per_word_forward']:.1f} MFLOP per word forward, so "
+                  f"the matmul bound is {raw['bound_forward_words_per_s']:.0f} words/s forward and "
+                  f"{raw['bound_train_words_per_s']:.0f} training (backward ≈ 2× forward). Measured: "
+                  f"forward {raw['forward_words_per_s']['median']:.0f} words/s (median of "
+                  f"{len(raw['pipe_words_per_s_runs'])}, {raw['forward_words_per_s']['min']:.0f}–"
+                  f"{raw['forward_words_per_s']['max']:.0f}; length-sorted batches of "
+                  f"{raw['forward_batch']}), forward+backward {raw['train']['words_per_s']:.0f} words/s "
+                  "on the variants' training batches (no optimizer).", ""]
+    references = [(k, v) for k, v in (speed.get("ratios") or {}).items()
+                  if k.endswith(("_over_raw_encoder", "_over_spacy_ner", "_over_bound"))]
+    if references:
+        lines += table(["ratio to a reference", "value"],
+                       [[f"`{k}`", fmt_num(v, 3)] for k, v in references]) + [""]
     verdicts = {True: "met", False: "**not met**", None: "not measured"}
     rows = [[f"`{name}`", t["target"], fmt_num(t["value"], 3), verdicts[t["met"]]]
             for name, t in speed["targets"].items()]

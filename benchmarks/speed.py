@@ -16,6 +16,13 @@ sentence / tokens):
 
 Variants ``k1_before`` and ``k3_shared_before`` train with ``configs/bond_moe_paper.cfg`` (random
 batches, the word-piece table trained: the default before issue 18) for before/after ratios.
+References: ``spacy_ner`` is spaCy's own ``ner`` with the same encoder (``configs/spacy_ner_cnn.cfg``
+for a CNN ``--config``, else ``configs/spacy_ner_minilm.cfg``), measured the same way (no corpus
+passes); ``raw_encoder`` is the plain ``transformers`` model of ``--encoder`` alone: the measured
+matmul GFLOP/s and the words/s bound it implies, forward words/s over the dev texts (length-sorted
+batches of 64, ``--pipe-repeats`` passes) and forward+backward words/s on the same training batches
+as the variants (no optimizer). Every variant's training and inference words/s are also given as
+ratios to these two (``*_over_raw``, ``*_over_spacy_ner``).
 
 The child saves the pipeline; the parent then runs ``python -m spacy benchmark speed`` on it (a
 separate process, its own peak RSS) and parses its mean words/s and 95% CI. One JSON with every
@@ -26,6 +33,7 @@ variant, the K=3/K=1 ratios and the issue's targets is written atomically to
     python benchmarks/speed.py --steps 3 --warmup 1 --variants k1 --no-spacy-benchmark
     python benchmarks/speed.py --config configs/cnn.cfg          # the fast CNN encoder
     python benchmarks/speed.py --variants k1_before,k1,k3_shared_before,k3_shared  # issue 18
+    python benchmarks/speed.py --variants raw_encoder,spacy_ner,k1,k3_shared     # side by side
 
 Default run (3 + 50 steps, 30 benchmark batches of 32 docs) with MiniLM on an idle 2-core CPU
 (~1.2 s per step of 16 sentences for K=1): about 2 + 2 + 5.5 min ≈ 10 min; k3_separate runs three
@@ -65,7 +73,12 @@ VARIANTS: Dict[str, Tuple[Optional[str], int, str]] = {
     "k3_separate": (None, 3, "separate"),
     "k1_before": ("configs/bond_moe_paper.cfg", 1, "shared"),
     "k3_shared_before": ("configs/bond_moe_paper.cfg", 3, "shared"),
+    "spacy_ner": ("spacy_ner", 0, "-"),  # K = 0: not a bond_moe_ner pipeline
+    "raw_encoder": ("raw_encoder", 0, "-"),
 }
+SPACY_NER_CONFIGS = {"cnn": "configs/spacy_ner_cnn.cfg", "transformer": "configs/spacy_ner_minilm.cfg"}
+RAW_BATCH = 64  # raw encoder forward: length-sorted batches, as the pipeline's predict groups
+MATMUL_SHAPE = (2048, 384, 1536)  # (tokens, hidden, intermediate): MiniLM's largest matmul
 DEFAULT_VARIANTS = ("k1", "k3_shared", "k3_separate")
 TARGETS = {  # the issues' targets
     "train_wps_k3_shared_over_k1": (">=", 0.91),  # issue 18: K=3 within 1.1x the cost of K=1
@@ -74,6 +87,7 @@ TARGETS = {  # the issues' targets
     "infer_wps_k3_shared_over_k1": (">=", 0.9),
     "estep_share_max": ("<=", 0.15),
 }
+REFERENCE_RATIOS = ("k1", "k3_shared", "k1_before", "k3_shared_before")
 SPACY_BENCH_MIN_BATCHES = 30  # `spacy benchmark speed --batches` refuses fewer
 MEAN_RE = re.compile(
     r"Mean:\s*([0-9.]+)\s*words/s\s*\(95% CI:\s*(-?[0-9.]+)\s*\+?(-?[0-9.]+)\)")
@@ -139,13 +153,11 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
     if threads:
         torch.set_num_threads(threads)
     load_start = [round(x, 2) for x in os.getloadavg()]
-    overrides = {
-        "paths.train": str(train_path),
-        "paths.dev": str(dev_path),
-        f"components.{COMPONENT}.model.n_experts": n_experts,
-        f"components.{COMPONENT}.model.expert_mode": expert_mode,
-        "system.seed": seed,
-    }
+    overrides: Dict[str, Any] = {"paths.train": str(train_path), "paths.dev": str(dev_path),
+                                 "system.seed": seed}
+    if n_experts:  # a bond_moe_ner pipeline (K = 0: spaCy's ner)
+        overrides[f"components.{COMPONENT}.model.n_experts"] = n_experts
+        overrides[f"components.{COMPONENT}.model.expert_mode"] = expert_mode
     t0 = time.perf_counter()
     spacy.util.fix_random_seed(seed)
     config = spacy.util.load_config(config_path, overrides=overrides, interpolate=False)
@@ -161,7 +173,7 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
     optimizer, batcher = resolved["optimizer"], resolved["batcher"]
     nlp.initialize(lambda: train_examples, sgd=optimizer)
     build_init_s = time.perf_counter() - t0
-    pipe = nlp.get_pipe(COMPONENT)
+    pipe = nlp.get_pipe(COMPONENT if n_experts else nlp.pipe_names[-1])
     dropout = float(interpolated["training"]["dropout"])
 
     # --- training throughput (no E-step, no teacher)
@@ -188,7 +200,7 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
     # --- E-step over the whole training corpus (K > 1 only: the schedule skips K = 1)
     estep: Dict[str, Any] = {"estep_s": None, "estep_share": None, "estep_over_epoch": None,
                              "estep_words_per_s": None}
-    if pipe.n_experts > 1:
+    if n_experts > 1:
         start = time.perf_counter()
         event = pipe.reassign_experts(train_examples, nlp=nlp)
         estep_s = time.perf_counter() - start
@@ -196,13 +208,15 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
                  "estep_words_per_s": n_train_words / estep_s,
                  "estep_over_epoch": estep_s / epoch_s, "estep_loads": event["loads"]}
 
-    # --- teacher: first snapshot, then a refresh
-    start = time.perf_counter()
-    pipe.snapshot_teacher(train_examples, nlp=nlp)
-    snapshot_s = time.perf_counter() - start
-    start = time.perf_counter()
-    pipe.snapshot_teacher(train_examples, nlp=nlp)
-    refresh_s = time.perf_counter() - start
+    # --- teacher: first snapshot, then a refresh (bond_moe_ner only)
+    snapshot_s = refresh_s = None
+    if n_experts:
+        start = time.perf_counter()
+        pipe.snapshot_teacher(train_examples, nlp=nlp)
+        snapshot_s = time.perf_counter() - start
+        start = time.perf_counter()
+        pipe.snapshot_teacher(train_examples, nlp=nlp)
+        refresh_s = time.perf_counter() - start
 
     # --- in-process inference over the dev texts (one untimed pass, then `pipe_repeats`)
     list(nlp.pipe(dev_texts))
@@ -250,7 +264,7 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
         **estep,
         "teacher_snapshot_s": snapshot_s,
         "teacher_refresh_s": refresh_s,
-        "teacher_words_per_s": n_train_words / refresh_s,
+        "teacher_words_per_s": None if refresh_s is None else n_train_words / refresh_s,
         "pipe_train_words_per_s": pipe_train_wps,
         "pipe_words_per_s": sum(pipe_wps) / len(pipe_wps),
         "pipe_words_per_s_runs": pipe_wps,
@@ -260,6 +274,113 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
         "loadavg_child_start": load_start,
         "loadavg_child_end": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def matmul_gflops(repeats: int = 20) -> float:
+    """fp32 GFLOP/s of torch's matmul at MATMUL_SHAPE (median of `repeats` after a warm-up)."""
+    import statistics
+
+    import torch
+
+    m, k, n = MATMUL_SHAPE
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    torch.matmul(a, b)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        seconds.append(time.perf_counter() - start)
+    return 2 * m * k * n / statistics.median(seconds) / 1e9
+
+
+def measure_raw_encoder(encoder: str, config_path: Path, train_path: Path, dev_path: Path, *,
+                        steps: int, warmup: int, seed: int = 0, repeats: int = 3,
+                        threads: Optional[int] = None) -> Dict[str, Any]:
+    """The plain `transformers` encoder: matmul bound, forward and forward+backward words/s."""
+    import resource
+
+    import spacy
+    import torch
+    from spacy.training import Corpus
+    from spacy.util import registry
+    from transformers import AutoModel, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    tokenizer, model = AutoTokenizer.from_pretrained(encoder), AutoModel.from_pretrained(encoder)
+    nlp = spacy.blank("en")
+    train_examples = list(Corpus(str(train_path))(nlp))
+    dev_texts = [eg.reference.text for eg in Corpus(str(dev_path))(nlp)]
+    dev_words = sum(len(nlp.make_doc(t)) for t in dev_texts)
+    config = spacy.util.load_config(config_path, interpolate=True)
+    batcher = registry.resolve({"b": config["training"]["batcher"]})["b"]
+    # FLOPs: 2 per weight of every Linear layer per word-piece (attention scores are extra)
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    pieces = sum(len(ids) for ids in tokenizer(dev_texts, truncation=True)["input_ids"])
+    gflops = matmul_gflops()
+    flop_per_word = 2 * linear * pieces / dev_words
+    model.eval()
+    ordered = sorted(dev_texts, key=len)
+    inputs = [tokenizer(ordered[i: i + RAW_BATCH], padding=True, truncation=True, return_tensors="pt")
+              for i in range(0, len(ordered), RAW_BATCH)]
+    forward: List[float] = []
+    for rep in range(repeats + 1):  # the first pass is a warm-up
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for batch in inputs:
+                model(**batch)
+        if rep:
+            forward.append(dev_words / (time.perf_counter() - start))
+    model.train()
+    step_s: List[float] = []
+    step_words: List[int] = []
+    batches = fixed_batches(train_examples, warmup + steps, seed, batcher)
+    for i, batch in enumerate(batches):
+        encoded = tokenizer([eg.reference.text for eg in batch], padding=True, truncation=True,
+                            return_tensors="pt")
+        start = time.perf_counter()
+        model(**encoded).last_hidden_state.sum().backward()
+        model.zero_grad(set_to_none=True)
+        if i >= warmup:
+            step_s.append(time.perf_counter() - start)
+            step_words.append(sum(len(eg.predicted) for eg in batch))
+    return {
+        "encoder": encoder,
+        "torch_threads": torch.get_num_threads(),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "linear_weights": linear,
+        "matmul_shape": list(MATMUL_SHAPE),
+        "matmul_gflops": gflops,
+        "wordpieces_per_word": pieces / dev_words,
+        "mflop_per_word_forward": flop_per_word / 1e6,
+        "bound_forward_words_per_s": gflops * 1e9 / flop_per_word,
+        "bound_train_words_per_s": gflops * 1e9 / (3 * flop_per_word),  # backward ~ 2x forward
+        "forward_words_per_s": _stats(forward),
+        "pipe_words_per_s": sum(forward) / len(forward),
+        "pipe_words_per_s_runs": forward,
+        "forward_batch": RAW_BATCH,
+        "train": {"steps": len(step_s), "warmup": warmup, "batch_sentences": BATCH_SENTENCES,
+                  "words": sum(step_words), "seconds": sum(step_s),
+                  "words_per_s": sum(step_words) / sum(step_s),
+                  "s_per_step": sum(step_s) / len(step_s), "step_s": _stats(step_s),
+                  "padded_over_words": sum(len(b) * max(len(eg.predicted) for eg in b)
+                                           for b in batches[warmup:]) / sum(step_words),
+                  "what": "forward + backward of the summed last hidden state; no optimizer"},
+        "child_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "loadavg_child_start": load_start,
+        "loadavg_child_end": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def variant_config(name: str, config: Path) -> Path:
+    """The config a variant trains: its own, spaCy's ner for `--config`'s encoder, or `--config`."""
+    own = VARIANTS[name][0]
+    if own == "spacy_ner":
+        text = config.read_text(encoding="utf8")
+        kind = "transformer" if "TransformerModel" in text else "cnn"
+        return ROOT / SPACY_NER_CONFIGS[kind]
+    return ROOT / own if own and own != "raw_encoder" else config
 
 
 # ----------------------------------------------------------------------------- parent
@@ -323,6 +444,19 @@ def compute_ratios(results: Dict[str, Any]) -> Dict[str, Optional[float]]:
         out[f"teacher_wps_{variant}_over_inference"] = ratio(
             _get(results, variant, "teacher_words_per_s"),
             _get(results, variant, "pipe_train_words_per_s"))
+    for variant in REFERENCE_RATIOS:
+        for ref in ("raw_encoder", "spacy_ner"):
+            if variant in results and ref in results:
+                out[f"train_wps_{variant}_over_{ref}"] = ratio(
+                    _get(results, variant, "train", "words_per_s"),
+                    _get(results, ref, "train", "words_per_s"))
+                out[f"pipe_wps_{variant}_over_{ref}"] = ratio(
+                    _get(results, variant, "pipe_words_per_s"), _get(results, ref, "pipe_words_per_s"))
+    if "raw_encoder" in results:
+        out["raw_forward_over_bound"] = ratio(_get(results, "raw_encoder", "pipe_words_per_s"),
+                                              _get(results, "raw_encoder", "bound_forward_words_per_s"))
+        out["raw_train_over_bound"] = ratio(_get(results, "raw_encoder", "train", "words_per_s"),
+                                            _get(results, "raw_encoder", "bound_train_words_per_s"))
     return out
 
 
@@ -362,7 +496,7 @@ def run_variant(name: str, args: argparse.Namespace, work: Path) -> Dict[str, An
            "--child-json", str(child_json), "--child-model-dir", str(model_dir),
            "--config", str(args.config), "--train", str(args.train), "--dev", str(args.dev),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--seed", str(args.seed),
-           "--pipe-repeats", str(args.pipe_repeats)]
+           "--pipe-repeats", str(args.pipe_repeats), "--encoder", args.encoder]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     env = child_env()
@@ -376,11 +510,11 @@ def run_variant(name: str, args: argparse.Namespace, work: Path) -> Dict[str, An
     result = json.loads(child_json.read_text(encoding="utf8"))
     result["peak_rss_mb"] = rss
     result["child_wall_s"] = wall
-    result["config"] = config or rel(args.config)
+    result["config"] = rel(variant_config(name, args.config))
     print(f"[speed] {name}: {result['train']['words_per_s']:.0f} train words/s, "
           f"{result['train']['s_per_step']:.3f} s/step, peak RSS {rss:.0f} MB ({wall:.0f}s)",
           flush=True)
-    if args.no_spacy_benchmark:
+    if args.no_spacy_benchmark or name == "raw_encoder":
         result["spacy_benchmark"] = None
     else:
         bench = [sys.executable, "-m", "spacy", "benchmark", "speed", str(model_dir), str(args.dev),
@@ -425,8 +559,9 @@ def print_table(data: Dict[str, Any]) -> None:
             continue
         bench = res.get("spacy_benchmark") or {}
         print(f"{name:<12} {res['train']['words_per_s']:>9.0f} {res['train']['s_per_step']:>7.3f} "
-              f"{_fmt(res['estep_s'], '8.2f'):>8} {_fmt(res['estep_share'], '6.1%'):>6} "
-              f"{res['teacher_snapshot_s']:>7.2f} {res['teacher_refresh_s']:>7.2f} "
+              f"{_fmt(res.get('estep_s'), '8.2f'):>8} {_fmt(res.get('estep_share'), '6.1%'):>6} "
+              f"{_fmt(res.get('teacher_snapshot_s'), '7.2f'):>7} "
+              f"{_fmt(res.get('teacher_refresh_s'), '7.2f'):>7} "
               f"{_fmt(bench.get('words_per_s'), '9.0f'):>9} {res['pipe_words_per_s']:>8.0f} "
               f"{_fmt(res.get('peak_rss_mb'), '7.0f'):>7} {res['n_params'] / 1e6:>8.2f}")
     print()
@@ -462,6 +597,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="skip `spacy benchmark speed` (inference only from nlp.pipe)")
     p.add_argument("--out", type=Path, default=None,
                    help="result JSON (default benchmarks/results/speed__<corpus>__<config>.json)")
+    p.add_argument("--encoder", default=None,
+                   help="raw_encoder: a transformers model id or directory (default: the MiniLM)")
     p.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--child-json", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--child-model-dir", type=Path, help=argparse.SUPPRESS)
@@ -478,17 +615,27 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if not path.is_file():
             p.error(f"{path} does not exist")
     args.config, args.train, args.dev = (x.resolve() for x in (args.config, args.train, args.dev))
+    if args.encoder is None:
+        from spacy_bond_moe.util import transformer_name_v1
+
+        args.encoder = transformer_name_v1()
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.child == "raw_encoder":
+        result = measure_raw_encoder(args.encoder, args.config, args.train, args.dev,
+                                     steps=args.steps, warmup=args.warmup, seed=args.seed,
+                                     repeats=args.pipe_repeats, threads=args.threads or None)
+        write_json_atomic(args.child_json, result)
+        return 0
     if args.child:
-        config, n_experts, mode = VARIANTS[args.child]
-        result = measure_variant(ROOT / config if config else args.config, n_experts, mode, args.train, args.dev,
-                                 steps=args.steps, warmup=args.warmup, seed=args.seed,
-                                 pipe_repeats=args.pipe_repeats, threads=args.threads or None,
-                                 model_dir=args.child_model_dir)
+        _, n_experts, mode = VARIANTS[args.child]
+        result = measure_variant(variant_config(args.child, args.config), n_experts, mode,
+                                 args.train, args.dev, steps=args.steps, warmup=args.warmup,
+                                 seed=args.seed, pipe_repeats=args.pipe_repeats,
+                                 threads=args.threads or None, model_dir=args.child_model_dir)
         write_json_atomic(args.child_json, result)
         return 0
 

@@ -296,6 +296,25 @@ def test_report_speed_section(tmp_path):
             "1000 | 700 | 2000 | 22.7 |") in section
     assert "| `train_wps_k3_shared_over_k1` | >= 0.87 | 0.833 | **not met** |" in section
     assert "A/B profile" not in section  # no profile JSON
+    assert "Reference `raw_encoder`" not in section and "ratio to a reference" not in section
+    speed["variants"]["raw_encoder"] = {
+        **variant(240.0, None), "encoder": "mini", "torch_threads": 2, "matmul_gflops": 58.0,
+        "matmul_shape": [2048, 384, 1536], "wordpieces_per_word": 1.4,
+        "mflop_per_word_forward": 29.7, "bound_forward_words_per_s": 1953.0,
+        "bound_train_words_per_s": 651.0, "pipe_words_per_s_runs": [1100.0, 1148.0, 1200.0],
+        "forward_words_per_s": {"median": 1148.0, "min": 1100.0, "max": 1200.0}, "forward_batch": 64}
+    speed["ratios"] = {"train_wps_k1_over_raw_encoder": 1.25, "raw_forward_over_bound": 0.588,
+                       "train_wps_k3_shared_over_k1": 0.833}
+    (results / "speed__webpage__minilm.json").write_text(json.dumps(speed))
+    section = report_section(results, "## Speed and memory of the K experts", "## Speed and memory (per run)")
+    assert ("matmul 58.0 GFLOP/s at (2048, 384, 1536); 1.40 word-pieces per word (specials included) "
+            "× 2 FLOP per Linear weight = 29.7 MFLOP per word forward, so the matmul bound is 1953 "
+            "words/s forward and 651 training") in section
+    assert "forward 1148 words/s (median of 3, 1100–1200;" in section
+    assert "| `train_wps_k1_over_raw_encoder` | 1.250 |" in section
+    assert "| `raw_forward_over_bound` | 0.588 |" in section
+    assert "`train_wps_k3_shared_over_k1` | 0.833 |" not in section  # not a reference ratio
+    del speed["variants"]["raw_encoder"], speed["ratios"]
     # A failed variant is shown as failed, a target without a value as not measured.
     speed["variants"]["k3_separate"] = {"error": "child exited with 1"}
     speed["targets"]["estep_share_k3_separate"] = {"value": None, "target": "<= 0.15", "met": None}

@@ -130,6 +130,35 @@ def test_speed_script_spacy_benchmark(toy_corpus, tmp_path):
     assert data["ratios"]["train_wps_k3_shared_over_k1"] is None  # k3 not run
 
 
+def test_speed_script_references_spacy_ner_and_raw_encoder(toy_corpus, tmp_path, tiny_bert):
+    """spaCy's CNN ner beside K=1, then the raw tiny BERT with its matmul bound; the ratios to
+    both references."""
+    data = run_script(toy_corpus, tmp_path / "speed.json", "--variants", "spacy_ner,k1",
+                      "--no-spacy-benchmark")
+    ner, k1 = data["variants"]["spacy_ner"], data["variants"]["k1"]
+    assert ner["config"] == "configs/spacy_ner_cnn.cfg" and k1["config"] == "configs/cnn.cfg"
+    assert ner["estep_s"] is None and ner["teacher_refresh_s"] is None
+    assert positive(ner["train"]["words_per_s"]) and positive(ner["pipe_words_per_s"])
+    assert data["ratios"]["train_wps_k1_over_spacy_ner"] == pytest.approx(
+        k1["train"]["words_per_s"] / ner["train"]["words_per_s"])
+    assert data["ratios"]["pipe_wps_k1_over_spacy_ner"] == pytest.approx(
+        k1["pipe_words_per_s"] / ner["pipe_words_per_s"])
+    data = run_script(toy_corpus, tmp_path / "raw.json", "--variants", "raw_encoder",
+                      "--encoder", str(tiny_bert))
+    raw = data["variants"]["raw_encoder"]
+    assert raw["encoder"] == str(tiny_bert) and raw["spacy_benchmark"] is None
+    assert raw["train"]["steps"] == 2 and raw["train"]["padded_over_words"] >= 1.0
+    assert raw["wordpieces_per_word"] > 1.0 and positive(raw["matmul_gflops"])
+    assert raw["mflop_per_word_forward"] == pytest.approx(
+        2 * raw["linear_weights"] * raw["wordpieces_per_word"] / 1e6)
+    assert raw["bound_forward_words_per_s"] == pytest.approx(
+        raw["matmul_gflops"] * 1e3 / raw["mflop_per_word_forward"])
+    assert raw["bound_train_words_per_s"] == pytest.approx(raw["bound_forward_words_per_s"] / 3)
+    assert len(raw["pipe_words_per_s_runs"]) == 1 and positive(raw["forward_words_per_s"]["median"])
+    assert data["ratios"]["raw_forward_over_bound"] == pytest.approx(
+        raw["pipe_words_per_s"] / raw["bound_forward_words_per_s"])
+
+
 def test_parse_spacy_benchmark():
     output = ("Warming up for 1 epochs...\n\nBenchmarking 30 batches...\n\n"
               "Outliers: 3.3%, extreme outliers: 0.0%\n"
