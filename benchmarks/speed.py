@@ -378,7 +378,7 @@ def variant_config(name: str, config: Path) -> Path:
     own = VARIANTS[name][0]
     if own == "spacy_ner":
         text = config.read_text(encoding="utf8")
-        kind = "transformer" if "TransformerModel" in text else "cnn"
+        kind = "transformer" if "spacy-transformers." in text else "cnn"
         return ROOT / SPACY_NER_CONFIGS[kind]
     return ROOT / own if own and own != "raw_encoder" else config
 

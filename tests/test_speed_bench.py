@@ -135,6 +135,11 @@ def test_speed_script_references_spacy_ner_and_raw_encoder(toy_corpus, tmp_path,
     both references."""
     data = run_script(toy_corpus, tmp_path / "speed.json", "--variants", "spacy_ner,k1",
                       "--no-spacy-benchmark")
+    for config in ("minilm.cfg", "minilm_fast.cfg", "bond_moe_paper.cfg"):
+        assert speed.variant_config("spacy_ner", ROOT / "configs" / config) == \
+            ROOT / "configs" / "spacy_ner_minilm.cfg"
+    assert speed.variant_config("k1_before", ROOT / "configs" / "cnn.cfg") == \
+        ROOT / "configs" / "bond_moe_paper.cfg"
     ner, k1 = data["variants"]["spacy_ner"], data["variants"]["k1"]
     assert ner["config"] == "configs/spacy_ner_cnn.cfg" and k1["config"] == "configs/cnn.cfg"
     assert ner["estep_s"] is None and ner["teacher_refresh_s"] is None
