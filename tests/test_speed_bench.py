@@ -130,6 +130,7 @@ def test_speed_script_spacy_benchmark(toy_corpus, tmp_path):
     assert data["ratios"]["train_wps_k3_shared_over_k1"] is None  # k3 not run
 
 
+@pytest.mark.slow  # three child processes, about a minute: `make test-slow`
 def test_speed_script_references_spacy_ner_and_raw_encoder(toy_corpus, tmp_path, tiny_bert):
     """spaCy's CNN ner beside K=1, then the raw tiny BERT with its matmul bound; the ratios to
     both references."""
