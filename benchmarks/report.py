@@ -178,13 +178,18 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
     return lines
 
 
+def short_commit(data: Dict[str, Any]) -> str:
+    """The first 10 characters of the commit a benchmark JSON records ("?" if none)."""
+    return ((data.get("git") or {}).get("commit") or "?")[:10]
+
+
 def inference_section(data: Optional[Dict[str, Any]]) -> List[str]:
     """Inference words/s side by side (benchmarks/inference_speed.py)."""
     lines = ["## Inference speed side by side", ""]
     if data is None:
         return lines + [NOT_RUN, ""]
     load = data["machine"]
-    commit = ((data.get("git") or {}).get("commit") or "?")[:10]
+    commit = short_commit(data)
     lines += [f"`{data['command']}` → `{data['_file']}` (commit {commit}): {data['n_docs']} docs / "
               f"{data['n_words']} words of `{data['data']}`, median of {data['repeats']} timed passes "
               f"after a warm-up, one process, load average {load.get('loadavg_at_start')} → "
@@ -203,7 +208,7 @@ def onnx_section(data: Optional[Dict[str, Any]]) -> List[str]:
     if data is None:
         return lines + [NOT_RUN, ""]
     load = data["machine"]
-    commit = ((data.get("git") or {}).get("commit") or "?")[:10]
+    commit = short_commit(data)
     lines += [f"`{data['command']}` → `{data['_file']}` (commit {commit}, onnxruntime "
               f"{data['versions'].get('onnxruntime')}): MiniLM-L6 alone on {data['n_docs']} docs / "
               f"{data['n_words']} words of `{data['data']}`, length-sorted batches of "
@@ -224,7 +229,7 @@ def int8_section(data: Optional[Dict[str, Any]]) -> List[str]:
     if data is None:
         return lines + [NOT_RUN, ""]
     load = data["machine"]
-    commit = ((data.get("git") or {}).get("commit") or "?")[:10]
+    commit = short_commit(data)
     verdict = "**ships**" if data["ships"] else "**does not ship**"
     lines += [f"`{data['command']}` → `{data['_file']}` (commit {commit}): each pipeline loaded as "
               f"saved (fp32) and with `inference = \"int8\"`; F1 by spaCy's scorer on the split's "
