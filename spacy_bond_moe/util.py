@@ -1,5 +1,6 @@
 """Small shared helpers: fresh node ids for copied models, the default encoder path,
-integer checks for config values."""
+integer checks for config values, the one-line input error."""
+from pathlib import Path
 from typing import Any, Optional
 
 from spacy.util import registry
@@ -55,3 +56,11 @@ def require_int(where: str, name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"[{where}] {name} must be an integer >= {minimum}, got {value}")
     return value
+
+
+class InputError(ValueError):
+    """Bad input: the message names the file and, where known, the line (``path:line: problem``)."""
+
+    def __init__(self, path: Path, problem: str, line: Optional[int] = None) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}")
