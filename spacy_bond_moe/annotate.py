@@ -94,6 +94,9 @@ class AnnotateJob:
         data = {**self.settings(), "version": __version__}  # not gpu_id: the same output wherever it runs
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
+    def state_key(self) -> str:
+        return f"{self.model}:{self.model_sha256}:{self.gpu_id}"
+
     def setup(self) -> Language:
         if self.gpu_id >= 0:
             spacy.require_gpu(self.gpu_id)

@@ -382,9 +382,12 @@ class DistantLabeller:
         return sorted(names)
 
     def add_names(self, names: Sequence[str], label: str = "PER") -> None:
-        """Label lone mentions of `names` as `label` from now on."""
+        """Label lone mentions of `names` as `label` from now on (instead of earlier names)."""
+        key = self._key("propagated", label, "names")
+        if key in self.matcher:
+            self.matcher.remove(key)
         if names:
-            self.matcher.add(self._key("propagated", label, "names"), [[{"TEXT": {"IN": sorted(names)}}]])
+            self.matcher.add(key, [[{"TEXT": {"IN": sorted(names)}}]])
 
     def propagate_names(self, docs: Iterable[Doc], label: str = "PER") -> List[str]:
         """Corpus-level name propagation: :meth:`learn_names` over `docs`, then :meth:`add_names`.
@@ -654,12 +657,16 @@ class DistantJob:
         data = {**self.settings(), "names": list(self.names), "version": __version__}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
+    def state_key(self) -> str:
+        """The KBs and options: the name pass and the labelling pass share one labeller."""
+        data = {"kbs": self.kb_sha256, "lang": self.lang, "options": self.options}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
     def setup(self) -> DistantLabeller:
-        labeller = DistantLabeller.from_kbs(spacy.blank(self.lang), self.kbs, **dict(self.options))
-        labeller.add_names(self.names)
-        return labeller
+        return DistantLabeller.from_kbs(spacy.blank(self.lang), self.kbs, **dict(self.options))
 
     def run(self, labeller: DistantLabeller, shard: Shard) -> Tuple[bytes, Dict[str, object]]:
+        labeller.add_names(() if self.learn_names else self.names)
         summary = LabelSummary()
         docs = read_shard_docs(shard, labeller.nlp, summary, self.max_line_chars)
         if self.learn_names:

@@ -13,7 +13,9 @@ by one shard per worker (a DocBin input is read whole, once per shard that slice
 import hashlib
 import json
 import logging
+import os
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
@@ -64,6 +66,9 @@ class ShardJob(Protocol):
 
     def fingerprint(self) -> str:
         """Changes whenever the output of a shard would change (settings, KBs, model)."""
+
+    def state_key(self) -> str:
+        """Jobs with the same key share the per-process state of :meth:`setup`."""
 
     def settings(self) -> Dict[str, Any]:
         """The settings, as recorded in the manifest."""
@@ -204,17 +209,21 @@ def process_shard(job: ShardJob, shard: Shard, out_dir: str) -> Dict[str, Any]:
     receipt = finished(out, shard, job)
     if receipt is not None:
         return {**receipt, "status": "skipped"}
-    key = job.fingerprint()
+    key, state_key = job.fingerprint(), job.state_key()
     try:
-        if key not in _STATE:
-            _STATE.clear()  # one job per process at a time
-            _STATE[key] = job.setup()
-        data, counts = job.run(_STATE[key], shard)
+        started = time.perf_counter()
+        if state_key not in _STATE:
+            _STATE.clear()  # one labeller or pipeline per process at a time
+            _STATE[state_key] = job.setup()
+        setup_seconds, started = time.perf_counter() - started, time.perf_counter()
+        data, counts = job.run(_STATE[state_key], shard)
         output = output_path(out, shard, job)
         write_atomic(output, data)
         receipt = {
             "shard": asdict(shard), "fingerprint": key, "output": output.name,
-            "output_sha256": hashlib.sha256(data).hexdigest(), "counts": counts,
+            "output_sha256": hashlib.sha256(data).hexdigest(), "output_bytes": len(data), "counts": counts,
+            "seconds": round(time.perf_counter() - started, 3), "setup_seconds": round(setup_seconds, 3),
+            "worker_pid": os.getpid(),
         }
         write_atomic(receipt_path(out, shard), srsly.json_dumps(receipt, indent=2).encode("utf8"))
     except (ValueError, OSError) as err:  # bad input (file:line) or an unwritable output
