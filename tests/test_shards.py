@@ -233,3 +233,30 @@ def test_engines_give_byte_identical_shards(corpus, tiny_pipeline):
         assert manifest["engine"] == "ray" and manifest["status"]["done"] == 5
     finally:
         engines.shutdown()
+
+
+def test_corpus_workflow_trains_on_a_folder_of_shards(corpus, tmp_path):
+    """`weasel run corpus`: its distant-shards and train-shards scripts, on the toy corpus."""
+    import shlex
+
+    from weasel.util import load_project_config
+
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "project.yml").write_text((ROOT / "project.yml").read_text())
+    project = load_project_config(tmp_path / "proj")
+    assert project["workflows"]["corpus"] == ["build-kb", "distant-shards", "train-shards", "annotate-corpus"]
+    commands = {c["name"]: c for c in project["commands"]}
+    label = shlex.split(commands["distant-shards"]["script"][0])
+    assert label[label.index("--shard-size") + 1] == "10000" and label[label.index("--engine") + 1] == "local"
+    shards = corpus["dir"] / "shards"
+    assert distant(corpus, shards, "--shard-size", "60").exit_code == 0
+    train = shlex.split(commands["train-shards"]["script"][0])
+    assert train[train.index("--paths.train") + 1] == "corpus/distant_shards"
+    out = tmp_path / "training"
+    proc = subprocess.run(
+        [sys.executable, "-m", "spacy_bond_moe", "train", "configs/cnn.cfg", "-o", str(out),
+         "--paths.train", str(shards), "--paths.dev", str(shards / "shard-00003.spacy"),
+         "--training.max_steps", "12", "--training.eval_frequency", "6"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "model-best" / "bond_moe_ner").is_dir()
