@@ -264,6 +264,74 @@ def seqeval_section(data: Optional[Dict[str, Any]]) -> List[str]:
                           "seqeval P/R/F1", "F1 difference"], rows) + [""]
 
 
+def corpus_scale_section(data: Optional[Dict[str, Any]]) -> List[str]:
+    """Sharded distant/annotate throughput and memory per engine (benchmarks/scale.py), and
+    the extrapolation to N workers and 10^8 documents from the measured costs."""
+    lines = ["## Corpus scale: sharded `distant` and `annotate` per engine", ""]
+    if data is None:
+        return lines + [NOT_RUN, ""]
+    load = data["machine"]
+    lines += [f"`{data['command']}` → `{data['_file']}` (commit {short_commit(data)}): the CoNLL03 train "
+              f"text repeated to N lines (distinct doc ids), KB = the offline packs ({data['kb']['patterns']:,} "
+              f"patterns), shard sizes {data['shard_size']}. Each row is one fresh run of the command "
+              "(engine start, KB or pipeline load per worker included in the wall time); docs/s = docs / "
+              "wall; busy docs/s per worker = docs over the summed shard times (distant: both passes, name "
+              "learning and labelling); peak RSS sampled every 0.1 s over the whole process tree (summed: "
+              "an upper bound, shared pages count once per process) and of its largest process. "
+              f"The machine had nothing else running (load average {load.get('loadavg_at_start')} → "
+              f"{load.get('loadavg_at_end')}).", ""]
+    rows = [[r["task"], f"{r['lines']:,}", r["engine"], fmt_num(r["wall_s"], 1), fmt_num(r["docs_per_s"], 0),
+             fmt_num(r["per_worker_docs_per_s"], 0), fmt_num(r["setup_s"], 1), fmt_num(r["peak_rss_tree_mb"], 0),
+             fmt_num(r["peak_rss_process_mb"], 0), str(r["max_processes"])] for r in data["rows"]]
+    lines += table(["task", "lines", "engine", "wall s", "docs/s", "busy docs/s per worker",
+                    "setup s per worker", "peak RSS tree MB", "largest process MB", "processes"], rows) + [""]
+    by_key: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+    for row in data["rows"]:
+        by_key.setdefault((row["task"], row["engine"]), []).append(row)
+    growth = [f"{task} {engine} {pair[0]['peak_rss_process_mb']:.0f} → {pair[-1]['peak_rss_process_mb']:.0f} MB"
+              for (task, engine), pair in by_key.items() if len(pair) > 1]
+    if growth:
+        lines += ["Largest process at the small → the large input (memory bounded by the shard, not "
+                  "the corpus): " + "; ".join(growth) + ".", ""]
+    lines += ["### Scaling on paper", "",
+              "From the large-input rows with 2 workers (one core each): T(N) ≈ start + setup + D / (N · r), "
+              "r = busy docs/s per worker, start = wall − busy/2 − setup (process start, engine start, "
+              "planning, manifest). Assumptions: workers do not share cores; the shared file system "
+              "sustains N · r · (output bytes per doc); the input is many files or one file the driver "
+              "can plan (it reads every byte once: plan time below); workers are homogeneous. For "
+              "D = 10⁸ documents of CoNLL03 sentence length:", ""]
+    rows = []
+    largest = max(r["lines"] for r in data["rows"])
+    for row in data["rows"]:
+        if row["workers"] != 2 or row["engine"] == "local2" or row["lines"] != largest:
+            continue
+        rate = row["per_worker_docs_per_s"] / (2 if row["task"] == "distant" else 1)  # docs through both passes
+        start = row["wall_s"] - row["busy_s"] / 2 - row["setup_s"]
+        out_per_doc = row["output_mb"] * 2**20 / row["docs"]
+        plan_per_doc = row["plan_s"] / row["docs"]
+        hours = 1e8 / rate / 3600
+        rows.append([row["task"], row["engine"], fmt_num(rate, 0), fmt_num(row["setup_s"], 1), fmt_num(start, 1),
+                     fmt_num(hours, 0), fmt_num(hours / 64, 1), fmt_num(hours * 3600 / 1024 / 60, 0),
+                     fmt_num(64 * rate * out_per_doc / 2**20, 1), fmt_num(out_per_doc * 1e8 / 2**30, 0),
+                     fmt_num(plan_per_doc * 1e8 / 60, 0), fmt_num(row["peak_rss_process_mb"], 0)])
+    lines += table(["task", "engine", "docs/s per worker (r)", "setup s per worker", "start s",
+                    "10⁸ docs: worker-hours", "wall h at N=64", "wall min at N=1024",
+                    "writes MB/s at N=64", "output GiB", "driver planning min", "RAM per worker MB"], rows) + [""]
+    lines += ["Where a 10⁸-document run would bottleneck: (1) **per-worker memory and setup** — every "
+              "worker holds the whole KB (the labeller's PhraseMatcher) or the whole pipeline, so RAM per "
+              "worker grows with the KB, not with the corpus (benchmarks/kb_scale.py: 1M names → 1.7 GB), "
+              "and the setup is paid once per worker, which is negligible against hours of work; (2) "
+              "**output writes** stay modest per worker but add up at N workers on one file system; "
+              "(3) **the driver's planning pass** reads every input byte once (SHA-256 and line offsets) "
+              "before any shard runs: for one 10⁸-line file it is the serial part — split the corpus into "
+              "many files, or plan once and resume (planning is repeated on every rerun); (4) **the "
+              "manifest** holds one receipt per shard: at 10,000 docs per shard, 10⁴ receipts (a few MB), "
+              "fine; at much smaller shards it grows. Engine start (seconds to a minute here, most of it "
+              "importing torch and spaCy in each worker) is a fixed cost. Not measured here: more than 2 "
+              "workers, a real multi-node cluster (Dask scheduler / Ray head on another machine), GPUs.", ""]
+    return lines
+
+
 def reliability_section(kills: Sequence[Dict[str, Any]], resume: Optional[Dict[str, Any]]) -> List[str]:
     """Kill-safety of checkpoints (kill_safety.py) and a resumed real run (resume_check.py)."""
     lines = ["## Reliability: killed runs and resumed runs", ""]
@@ -835,7 +903,8 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
                  int8: Optional[Dict[str, Any]] = None,
                  seqeval: Optional[Dict[str, Any]] = None,
                  kills: Sequence[Dict[str, Any]] = (),
-                 resume: Optional[Dict[str, Any]] = None) -> str:
+                 resume: Optional[Dict[str, Any]] = None,
+                 corpus_scale: Optional[Dict[str, Any]] = None) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
     selected = {r["_file"] for group in main.values() for r in group}
@@ -928,6 +997,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     lines += int8_section(int8)
     lines += seqeval_section(seqeval)
     lines += reliability_section(kills, resume)
+    lines += corpus_scale_section(corpus_scale)
 
     # Speed / memory
     lines += ["## Speed and memory (per run)", "",
@@ -1039,7 +1109,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         seqeval=load_extra(args.results, "seqeval_check.json"),
                         kills=[k for k in (load_extra(args.results, f"kill_safety__{e}.json")
                                            for e in ("tiny", "minilm")) if k is not None],
-                        resume=load_extra(args.results, "resume_check__webpage__bond.json"))
+                        resume=load_extra(args.results, "resume_check__webpage__bond.json"),
+                        corpus_scale=load_extra(args.results, "scale.json"))
     write_text_atomic(out, text + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return 0

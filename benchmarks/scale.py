@@ -185,6 +185,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 row["docs"] = manifest["totals"]["n_docs"]
                 row["words"] = manifest["totals"].get("n_words") or manifest["totals"].get("n_tokens")
                 row["docs_per_s"] = round(row["docs"] / row["wall_s"], 1)
+                row["plan_s"] = manifest["timing"]["plan_s"]
+                row["input_mb"] = round(data.stat().st_size / 2**20, 2)
                 row.update(worker_costs(out))
                 row["loadavg_1min"] = round(os.getloadavg()[0], 2)
                 rows.append(row)

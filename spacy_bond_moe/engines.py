@@ -238,7 +238,9 @@ def run_job(job: ShardJob, files: Sequence[Tuple[Path, str]], out_dir: Path, *, 
             ) -> JobReport:
     """Plan the shards of `files`, run the unfinished ones with `engine`, write the manifest."""
     out = check_out_dir(out_dir)
+    planning = time.perf_counter()
     shards = plan_shards(files, shard_size)
+    plan_seconds = time.perf_counter() - planning
     removed = remove_stale(out, shards, job)
     bar = None
     if progress:
@@ -263,6 +265,7 @@ def run_job(job: ShardJob, files: Sequence[Tuple[Path, str]], out_dir: Path, *, 
             bar.close()
     seconds = time.perf_counter() - started
     counts = [r["counts"] for r in results if r["status"] != "failed"]
+    timing = {"plan_s": round(plan_seconds, 3), "run_s": round(seconds, 3)}
     manifest = write_manifest(out, job, files, shard_size, results, engine,
-                              totals(counts) if totals else {})
+                              totals(counts) if totals else {}, timing)
     return JobReport(results, manifest, seconds, removed)

@@ -260,8 +260,10 @@ def check_out_dir(out_dir: Path) -> Path:
 
 
 def write_manifest(out_dir: Path, job: ShardJob, files: Sequence[Tuple[Path, str]], shard_size: int,
-                   results: Sequence[Dict[str, Any]], engine: str, totals: Dict[str, Any]) -> Path:
-    """``manifest.json``: the job, the inputs with checksums, every shard's receipt or error."""
+                   results: Sequence[Dict[str, Any]], engine: str, totals: Dict[str, Any],
+                   timing: Dict[str, float]) -> Path:
+    """``manifest.json``: the job, the inputs with checksums, every shard's receipt or error,
+    the totals and the time spent planning and running."""
     manifest = {
         "command": job.command,
         "engine": engine,
@@ -273,6 +275,7 @@ def write_manifest(out_dir: Path, job: ShardJob, files: Sequence[Tuple[Path, str
         "n_shards": len(results),
         "status": {s: sum(r["status"] == s for r in results) for s in ("done", "skipped", "failed")},
         "totals": totals,
+        "timing": timing,
         "shards": sorted(results, key=lambda r: r["shard"]["index"]),
     }
     path = Path(out_dir) / MANIFEST

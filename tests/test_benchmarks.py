@@ -771,3 +771,36 @@ def test_every_system_config_builds_with_its_overrides(tmp_path, system):
             names = {node.name for node in ner.model.walk()}
             assert "case_aware_tok2vec" in names
             assert ("residual" in " ".join(names)) == (system == "bond_case_affix")
+
+
+@pytest.mark.slow
+def test_scale_bench_measures_a_real_sharded_run_and_reports_it(tmp_path):
+    """benchmarks/scale.py's process-tree memory sampler and per-worker costs on a real
+    `distant` run, then its RESULTS.md section (table and extrapolation) from those rows."""
+    scale, report = load_module("scale"), load_module("report")
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"Boris Yeltsin met Mary Smith in London on day {i} .\n" for i in range(300)))
+    kb = tmp_path / "kb.tsv"
+    kb.write_text("Boris Yeltsin\tPER\nLondon\tLOC\n")
+    data = scale.write_input(text, 500, tmp_path / "input.txt")
+    assert len(data.read_text().splitlines()) == 500
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "spacy_bond_moe", "distant", str(data), str(out), "--kb", str(kb),
+           "--shard-size", "200", "--no-progress"]
+    row = scale.measure(cmd, tmp_path / "log.txt")
+    assert row["wall_s"] > 0 and row["peak_rss_process_mb"] > 50 and row["max_processes"] >= 1
+    costs = scale.worker_costs(out)
+    assert costs["n_setups"] == 1 and costs["workers_seen"] == 1  # both passes share one labeller
+    assert costs["per_worker_docs_per_s"] > 0 and costs["output_mb"] > 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = []
+    for lines, engine, workers in ((500, "local1", 1), (500, "dask2", 2), (1000, "dask2", 2)):
+        rows.append({"task": "distant", "lines": lines, "engine": engine, "workers": workers, **row, **costs,
+                     "docs": 500, "docs_per_s": 500 / row["wall_s"], "plan_s": manifest["timing"]["plan_s"]})
+    section = "\n".join(report.corpus_scale_section({
+        "_file": "scale.json", "command": "python benchmarks/scale.py", "kb": {"patterns": 2},
+        "shard_size": {"distant": 200}, "rows": rows, "git": {"commit": "abc"},
+        "machine": {"loadavg_at_start": [0.1], "loadavg_at_end": [0.2]}}))
+    assert "| distant | 1,000 | dask2 |" in section and "### Scaling on paper" in section
+    assert f"distant dask2 {row['peak_rss_process_mb']:.0f} → {row['peak_rss_process_mb']:.0f} MB" in section
+    assert section.count("| distant | dask2 |") == 1  # one extrapolation row: the large input, 2 workers

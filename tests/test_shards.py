@@ -235,6 +235,7 @@ def test_engines_give_byte_identical_shards(corpus, tiny_pipeline):
         engines.shutdown()
 
 
+@pytest.mark.slow
 def test_corpus_workflow_trains_on_a_folder_of_shards(corpus, tmp_path):
     """`weasel run corpus`: its distant-shards and train-shards scripts, on the toy corpus."""
     import shlex
