@@ -134,12 +134,12 @@ def ensure_cnn(work: Path, steps: int) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="40000,200000", help="lines for distant and annotate_cnn")
-    parser.add_argument("--minilm-sizes", default="4000,20000", help="lines for annotate_minilm")
+    parser.add_argument("--sizes", default="20000,200000", help="lines for distant and annotate_cnn")
+    parser.add_argument("--minilm-sizes", default="2000,20000", help="lines for annotate_minilm")
     parser.add_argument("--tasks", default="distant,annotate_cnn,annotate_minilm")
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--minilm-model", type=Path,
-                        default=ROOT / "runs" / "bench" / "twitter__bond_moe_warmup__seed2" / "model-best")
+                        default=ROOT / "runs" / "bench" / "conll03__bond_moe_warmup__seed1" / "model-best")
     parser.add_argument("--cnn-steps", type=int, default=300)
     parser.add_argument("--text", type=Path,
                         default=ROOT.parent / "shared" / "datasets" / "roster" / "conll" / "train_text.txt")

@@ -482,6 +482,74 @@ def annotate(
     typer.echo(f"docs {totals['n_docs']}, words {totals['n_words']}, entities {totals['n_ents']}")
 
 
+@app.command("report")
+def report_command(
+    training_dir: Path = typer.Argument(..., help="A `spacy train` output folder of a bond_moe_ner pipeline."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", "-d", help="Labelled DocBin (dev, test, or the distant train labels): per-expert "
+        "scores and the documents where model and labels disagree most."
+    ),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for index.html and the PNGs "
+                                          "(default: TRAINING_DIR/report)."),
+    n_docs: int = typer.Option(5, "--n-docs", min=0, help="Documents to render with displaCy (with --data)."),
+) -> None:
+    """Write an HTML training report with matplotlib figures: dev curve, E-steps, teacher, per type."""
+    from .report import ReportError, write_report
+
+    try:
+        page = write_report(training_dir, data=data, out=output, n_docs=n_docs)
+    except ReportError as err:
+        typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    pngs = sorted(p.name for p in page.parent.glob("*.png"))
+    typer.echo(f"{training_dir} -> {page} ({', '.join(pngs) or 'no figures'})")
+
+
+@app.command("suggest-kb")
+def suggest_kb_command(
+    model: str = typer.Argument(..., help="Trained pipeline: a path or an installed package name."),
+    corpus: Path = typer.Argument(..., help="Corpus: the distantly labelled DocBin (for suspects too), or raw "
+                                  "text / tokens / JSONL."),
+    kbs: List[Path] = typer.Option(..., "--kb", "-k", help="The knowledge base files used for labelling (repeatable)."),
+    output: Path = typer.Option(..., "--output", "-o", help="EntityRuler JSONL of the suggested additions."),
+    tsv: Optional[Path] = typer.Option(None, "--tsv", help="Readable TSV of additions and suspects "
+                                       "(default: OUTPUT with .tsv)."),
+    input_format: Optional[DocFormat] = typer.Option(None, "--format", "-f", help="Corpus format (as `distant`)."),
+    min_count: int = typer.Option(2, "--min-count", min=1, help="Predicted at least this often."),
+    min_confidence: float = typer.Option(0.9, "--min-confidence", min=0.0, max=1.0,
+                                         help="Mean confidence of the model's predictions at least this."),
+    max_agreement: float = typer.Option(0.2, "--max-agreement", min=0.0, max=1.0,
+                                        help="Suspects: the model predicts the KB's span at most this often."),
+    top: int = typer.Option(100, "--top", min=1, help="At most this many additions and suspects."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
+) -> None:
+    """Suggest KB additions (confident predictions no KB phrase covers) and suspect KB entries
+    (labelled spans the model rejects), for the next `distant` run."""
+    import spacy
+
+    from .distant import LabelSummary, detect_input_format, read_docs
+    from .suggest import collect, kb_phrases, rank_additions, rank_suspects, summary, write_suggestions
+
+    tsv = tsv or output.with_suffix(".tsv")
+    try:
+        check_outputs(output, tsv)
+        covered = kb_phrases(kbs)
+        nlp = spacy.load(model)
+        docs = read_docs(corpus, nlp, input_format.value if input_format else detect_input_format(corpus),
+                         LabelSummary())
+        additions, suspects = collect(nlp, docs, covered, _spans_key(nlp), batch_size=batch_size)
+        ranked = rank_additions(additions, min_count, min_confidence, top)
+        rejected = rank_suspects(suspects, min_count, max_agreement, top)
+        write_suggestions(ranked, rejected, output, tsv)
+    except (DistantError, ValueError, OSError) as err:
+        typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    counts = summary(ranked, rejected)
+    typer.echo(f"{corpus} -> {output} ({counts['additions']} additions: "
+               + ", ".join(f"{label} {n}" for label, n in counts["by_label"].items())
+               + f"), {tsv} (+ {counts['suspects']} suspects)")
+
+
 @app.command("build-kb")
 def build_kb_command(
     output: Path = typer.Argument(..., help="Output knowledge-base JSONL (EntityRuler patterns + 'source')."),
