@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from spacy_bond_moe import em  # noqa: E402
 from spacy_bond_moe.losses import EPS  # noqa: E402
+from spacy_bond_moe.report import prf as entity_prf  # noqa: E402
 from spacy_bond_moe.tags import (  # noqa: E402
     MISSING, example_tag_ids, tags_to_spans, transition_mask, viterbi_decode,
 )
@@ -40,11 +41,8 @@ from run import model_fingerprint, write_json_atomic  # noqa: E402
 
 
 def prf(pred: List[Set[Tuple[int, int, str]]], gold: List[Set[Tuple[int, int, str]]]) -> Dict[str, float]:
-    tp = sum(len(p & g) for p, g in zip(pred, gold))
-    n_pred, n_gold = sum(map(len, pred)), sum(map(len, gold))
-    p = tp / n_pred if n_pred else 0.0
-    r = tp / n_gold if n_gold else 0.0
-    return {"p": round(p, 4), "r": round(r, 4), "f": round(2 * p * r / (p + r) if p + r else 0.0, 4)}
+    """Entity-level micro P/R/F1 (the report's scorer), rounded for the JSON."""
+    return {key: round(value, 4) for key, value in entity_prf(pred, gold).items()}
 
 
 def gold_fit_expert(probs: numpy.ndarray, example: Example, tags: Sequence[str]) -> int:

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
@@ -100,9 +101,14 @@ def run_local(job: ShardJob, shards: Sequence[Shard], out_dir: str, n_process: i
     pool = _OPEN["local", n_process]
     results = []
     futures = [pool.submit(process_shard, job, shard, out_dir) for shard in shards]
-    for future in as_completed(futures):
-        results.append(future.result())
-        report(results[-1])
+    try:
+        for future in as_completed(futures):
+            results.append(future.result())
+            report(results[-1])
+    except BrokenProcessPool:
+        del _OPEN["local", n_process]
+        raise EngineError(f"a worker process died (killed, or out of memory?) after {len(results)} of "
+                          f"{len(shards)} shards; finished shards are kept: rerun to resume") from None
     return results
 
 

@@ -119,7 +119,7 @@ def plot_dev_curve(run: TrainingRun, out: Path) -> Optional[str]:
     if not evals:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    fig, ax = plt.subplots(figsize=(8.5, 3.8))
     steps = [e["step"] for e in evals]
     for key, name in (("ents_f", "F1"), ("ents_p", "precision"), ("ents_r", "recall")):
         ax.plot(steps, [100 * e["scores"][key] for e in evals], marker="o", markersize=3, label=f"dev {name}")
@@ -131,7 +131,7 @@ def plot_dev_curve(run: TrainingRun, out: Path) -> Optional[str]:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("Dev scores during training")
     return _save(fig, out / "dev_curve.png")
 
@@ -142,7 +142,7 @@ def plot_experts(run: TrainingRun, out: Path) -> Optional[str]:
     if not esteps:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 3.5))
+    fig, ax = plt.subplots(figsize=(8.5, 3.5))
     x = numpy.arange(len(esteps))
     bottom = numpy.zeros(len(esteps))
     for k in range(len(esteps[0]["loads"])):
@@ -153,7 +153,7 @@ def plot_experts(run: TrainingRun, out: Path) -> Optional[str]:
     ax.set_xticks(x, [str(e["step"]) for e in esteps])
     ax.set_xlabel("E-step at optimizer step")
     ax.set_ylabel("documents")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("Expert loads per E-step")
     return _save(fig, out / "experts.png")
 

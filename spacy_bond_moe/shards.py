@@ -228,6 +228,9 @@ def process_shard(job: ShardJob, shard: Shard, out_dir: str) -> Dict[str, Any]:
         write_atomic(receipt_path(out, shard), srsly.json_dumps(receipt, indent=2).encode("utf8"))
     except (ValueError, OSError) as err:  # bad input (file:line) or an unwritable output
         return {"shard": asdict(shard), "status": "failed", "error": str(err)}
+    except Exception as err:  # noqa: BLE001 - anything else fails this shard alone, named
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        return {"shard": asdict(shard), "status": "failed", "error": f"{type(err).__name__}: {first}"}
     return {**receipt, "status": "done"}
 
 

@@ -23,7 +23,7 @@ SCHEDULE = ["--training.max_steps", "24", "--training.eval_frequency", "8",
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, ) -> Path:
+def trained(tmp_path_factory) -> Path:
     """A tiny CNN training run (24 steps) with its events file, on a toy corpus."""
     from .conftest import write_toy_corpus
 
@@ -39,6 +39,7 @@ def trained(tmp_path_factory, ) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_report_of_a_training_run(trained, tmp_path):
     out = tmp_path / "report"
     result = CliRunner().invoke(app, ["report", str(trained), "--data", str(trained.parent / "corpus" / "dev.spacy"),
@@ -61,6 +62,7 @@ def test_report_of_a_training_run(trained, tmp_path):
     assert "expert 0" in page and "mixture" in page and "Token argmax agreement" in page
 
 
+@pytest.mark.slow
 def test_report_errors(tmp_path, trained):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 1 and "no model-best/ or model-last/" in result.output
@@ -112,6 +114,7 @@ def test_suggest_kb_finds_the_missing_entity(tmp_path):
     assert again.read_bytes() == out.read_bytes()  # deterministic
 
 
+@pytest.mark.slow
 def test_suggest_kb_with_confidences_of_a_trained_pipeline(trained, tmp_path):
     kb = tmp_path / "kb.tsv"
     kb.write_text("London\tLOC\n")

@@ -106,6 +106,7 @@ def test_rerun_skips_finished_shards_and_redoes_damaged_ones(corpus):
     assert sorted(p.name for p in out.glob("shard-*.spacy")) == [f"shard-0000{i}.spacy" for i in range(3)]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_only_the_missing_shards(tmp_path):
     text, kb = tmp_path / "big.txt", tmp_path / "kb.tsv"
     text.write_text("\n".join(corpus_lines(6000)) + "\n", encoding="utf8")
