@@ -195,7 +195,7 @@ def run_ray(job: ShardJob, shards: Sequence[Shard], out_dir: str, n_workers: int
     return results
 
 
-def run_engine(engine: str, job: ShardJob, shards: Sequence[Shard], out_dir: str, *, n_workers: int = 1,
+def run_engine(engine: Engine, job: ShardJob, shards: Sequence[Shard], out_dir: str, *, n_workers: int = 1,
                address: Optional[str] = None, report: Optional[Progress] = None) -> List[Dict[str, Any]]:
     """Process `shards` with `engine`; `report` is called with each shard's result as it ends."""
     report = report or (lambda result: None)
@@ -239,7 +239,7 @@ class JobReport:
 
 
 def run_job(job: ShardJob, files: Sequence[Tuple[Path, str]], out_dir: Path, *, shard_size: int,
-            engine: str = "local", n_workers: int = 1, address: Optional[str] = None,
+            engine: Engine = "local", n_workers: int = 1, address: Optional[str] = None,
             progress: bool = False, totals: Optional[Callable[[List[Dict[str, Any]]], Dict[str, Any]]] = None,
             ) -> JobReport:
     """Plan the shards of `files`, run the unfinished ones with `engine`, write the manifest."""
