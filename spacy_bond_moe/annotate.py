@@ -37,20 +37,26 @@ def model_fingerprint(model: str) -> str:
     return digest.hexdigest()
 
 
-def _spans_key(nlp: Language) -> Optional[str]:
+def spans_key(nlp: Language) -> Optional[str]:
+    """The `spans_key` of the pipeline's bond_moe_ner component (None without one)."""
     for name in nlp.pipe_names:
         if nlp.get_pipe_meta(name).factory == "bond_moe_ner":
             return nlp.get_pipe(name).cfg.get("spans_key", "bond_moe")
     return None
 
 
+def span_scores(doc: Doc, spans_key: Optional[str]) -> Dict[Tuple[int, int, str], float]:
+    """(start, end, label) -> confidence, from the component's span group (empty without one)."""
+    if not spans_key or spans_key not in doc.spans:
+        return {}
+    group = doc.spans[spans_key]
+    return {(s.start, s.end, s.label_): float(c) for s, c in zip(group, group.attrs.get("scores", []))}
+
+
 def doc_record(doc: Doc, spans_key: Optional[str]) -> Dict[str, Any]:
     """One JSONL record: id, text, entities (token and character offsets, label, confidence)
     and the expert the document was routed to."""
-    scores: Dict[Tuple[int, int, str], float] = {}
-    if spans_key and spans_key in doc.spans:
-        group = doc.spans[spans_key]
-        scores = {(s.start, s.end, s.label_): float(c) for s, c in zip(group, group.attrs.get("scores", []))}
+    scores = span_scores(doc, spans_key)
     ents = [
         {"start": e.start, "end": e.end, "start_char": e.start_char, "end_char": e.end_char,
          "label": e.label_, "text": e.text, "score": round(scores[(e.start, e.end, e.label_)], 6)
@@ -108,7 +114,7 @@ class AnnotateJob:
         counts = {"n_docs": len(docs), "n_words": sum(len(doc) for doc in docs), "n_ents": 0,
                   "n_skipped_empty": summary.n_skipped_empty, "n_skipped_long": summary.n_skipped_long,
                   "skipped_long_lines": summary.skipped_long_lines, "n_nul_removed": summary.n_nul_removed}
-        key = _spans_key(nlp)
+        key = spans_key(nlp)
         doc_bin, lines = DocBin(store_user_data=True), []
         for doc in nlp.pipe(docs, batch_size=self.batch_size):
             counts["n_ents"] += len(doc.ents)

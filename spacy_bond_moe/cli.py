@@ -39,6 +39,7 @@ from .fetch import (
     write_atomic,
 )
 from .kb_packs import PACKS, build_kb
+from .annotate import spans_key
 from .rules import RULES
 from .shards import MANIFEST
 from .upgrade import upgrade_pipeline
@@ -215,14 +216,6 @@ def evaluate(
     typer.echo(f"{split} split: {prf or 'no NER scores'} -> {output}")
 
 
-def _spans_key(nlp: Any) -> str:
-    """The `spans_key` of the pipeline's `bond_moe_ner` component ("bond_moe" if none)."""
-    for name in nlp.pipe_names:
-        if nlp.get_pipe_meta(name).factory == "bond_moe_ner":
-            return nlp.get_pipe(name).cfg.get("spans_key", "bond_moe")
-    return "bond_moe"
-
-
 @app.command()
 def smoke(
     model: str = typer.Argument(..., help="Installed package name (e.g. en_bond_moe) or a path."),
@@ -236,7 +229,7 @@ def smoke(
     nlp = spacy.load(model)
     meta = nlp.meta
     typer.echo(f"{meta.get('lang')}_{meta.get('name')} {meta.get('version')} ({model}): {', '.join(nlp.pipe_names)}")
-    key = _spans_key(nlp)
+    key = spans_key(nlp) or "bond_moe"
     for doc in nlp.pipe(texts):
         typer.echo(f"Text: {doc.text}")
         group = doc.spans[key] if key in doc.spans else None
@@ -537,7 +530,7 @@ def suggest_kb_command(
         nlp = spacy.load(model)
         docs = read_docs(corpus, nlp, input_format.value if input_format else detect_input_format(corpus),
                          LabelSummary())
-        additions, suspects = collect(nlp, docs, covered, _spans_key(nlp), batch_size=batch_size)
+        additions, suspects = collect(nlp, docs, covered, spans_key(nlp), batch_size=batch_size)
         ranked = rank_additions(additions, min_count, min_confidence, top)
         rejected = rank_suspects(suspects, min_count, max_agreement, top)
         write_suggestions(ranked, rejected, output, tsv)

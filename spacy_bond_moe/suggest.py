@@ -17,6 +17,7 @@ import srsly
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 
+from .annotate import span_scores
 from .distant import load_kbs
 from .fetch import write_atomic
 
@@ -54,13 +55,6 @@ def kb_phrases(kbs: Sequence[Path]) -> Set[str]:
     return {entry.pattern.lower() for entry in entries if isinstance(entry.pattern, str)}
 
 
-def _confidences(doc: Doc, spans_key: Optional[str]) -> Dict[Tuple[int, int, str], float]:
-    if not spans_key or spans_key not in doc.spans:
-        return {}
-    group = doc.spans[spans_key]
-    return {(s.start, s.end, s.label_): float(c) for s, c in zip(group, group.attrs.get("scores", []))}
-
-
 def collect(nlp: Language, docs: Iterable[Doc], covered: Set[str], spans_key: Optional[str],
             batch_size: int = 64) -> Tuple[Dict[Tuple[str, str], Candidate], Dict[Tuple[str, str], Candidate]]:
     """Additions (predicted, not covered) and suspects (labelled in the input, then how often
@@ -76,7 +70,7 @@ def collect(nlp: Language, docs: Iterable[Doc], covered: Set[str], spans_key: Op
                       user_data=dict(doc.user_data))
 
     for index, doc in enumerate(nlp.pipe(inputs(), batch_size=batch_size)):
-        scores = _confidences(doc, spans_key)
+        scores = span_scores(doc, spans_key)
         predicted = {(e.start, e.end, e.label_) for e in doc.ents}
         for ent in doc.ents:
             if ent.text.lower() not in covered:
