@@ -291,8 +291,9 @@ def corpus_scale_section(data: Optional[Dict[str, Any]]) -> List[str]:
     growth = [f"{task} {engine} {pair[0]['peak_rss_process_mb']:.0f} → {pair[-1]['peak_rss_process_mb']:.0f} MB"
               for (task, engine), pair in by_key.items() if len(pair) > 1]
     if growth:
-        lines += ["Largest process at the small → the large input (memory bounded by the shard, not "
-                  "the corpus): " + "; ".join(growth) + ".", ""]
+        lines += ["Largest process at the small → the large input (a worker holds one shard at a "
+                  "time; growth beyond a few % is a leak or allocator caching to explain): "
+                  + "; ".join(growth) + ".", ""]
     lines += ["### Scaling on paper", "",
               "From the large-input rows with 2 workers (one core each): T(N) ≈ start + setup + D / (N · r), "
               "r = busy docs/s per worker, start = wall − busy/2 − setup (process start, engine start, "
