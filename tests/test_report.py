@@ -15,11 +15,9 @@ from spacy_bond_moe.cli import app
 from spacy_bond_moe.converters import DOC_ID_KEY
 
 from .conftest import make_doc
+from .test_training import SCHEDULE
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEDULE = ["--training.max_steps", "24", "--training.eval_frequency", "8",
-            "--training.before_update.estep_every", "6", "--training.before_update.teacher_start", "12",
-            "--training.before_update.teacher_refresh", "6"]
 
 
 @pytest.fixture(scope="module")
