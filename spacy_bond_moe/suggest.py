@@ -57,7 +57,8 @@ def kb_phrases(kbs: Sequence[Path]) -> Set[str]:
 
 def collect(nlp: Language, docs: Iterable[Doc], covered: Set[str], spans_key: Optional[str],
             batch_size: int = 64) -> Tuple[Dict[Tuple[str, str], Candidate], Dict[Tuple[str, str], Candidate]]:
-    """Additions (predicted, not covered) and suspects (labelled in the input, then how often
+    """Additions (predicted, not a KB phrase and not labelled in that doc by the labeller's rules
+    or name propagation either) and suspects (KB phrases labelled in the input, then how often
     the model agreed), keyed by (string, label). A doc's own entities are its labels."""
     additions: Dict[Tuple[str, str], Candidate] = {}
     suspects: Dict[Tuple[str, str], Candidate] = {}
@@ -72,8 +73,9 @@ def collect(nlp: Language, docs: Iterable[Doc], covered: Set[str], spans_key: Op
     for index, doc in enumerate(nlp.pipe(inputs(), batch_size=batch_size)):
         scores = span_scores(doc, spans_key)
         predicted = {(e.start, e.end, e.label_) for e in doc.ents}
-        for ent in doc.ents:
-            if ent.text.lower() not in covered:
+        labelled_texts = {doc[start:end].text.lower() for start, end, _ in labelled[index]}
+        for ent in doc.ents:  # covered: a KB phrase, or labelled in this doc by any source (rule, propagation)
+            if ent.text.lower() not in covered and ent.text.lower() not in labelled_texts:
                 key = (ent.text, ent.label_)
                 additions.setdefault(key, Candidate(*key)).add(ent, scores.get((ent.start, ent.end, ent.label_), 1.0))
         for start, end, label in labelled[index]:

@@ -79,12 +79,13 @@ def test_suggest_kb_finds_the_missing_entity(tmp_path):
     model = spacy.blank("en")
     ruler = model.add_pipe("entity_ruler")
     ruler.add_patterns([{"label": "ORG", "pattern": "Zorblat Industries"}, {"label": "ORG", "pattern": "Acme"},
-                        {"label": "LOC", "pattern": "Paris"}])
+                        {"label": "LOC", "pattern": "Paris"}, {"label": "ORG", "pattern": "NATO"}])
     model.to_disk(tmp_path / "model")
     kb = tmp_path / "kb.tsv"
     kb.write_text("Acme\tORG\nMay\tPER\nParis\tLOC\n")
     nlp = spacy.blank("en")
     texts = [("Zorblat Industries hired Acme in May .", [(25, 29, "ORG"), (33, 36, "PER")]),
+             ("NATO met NATO .", [(0, 4, "ORG"), (9, 13, "ORG")]),
              ("In May , Zorblat Industries left Paris .", [(3, 6, "PER"), (33, 38, "LOC")]),
              ("Zorblat Industries grew in Paris in May .", [(27, 32, "LOC"), (36, 39, "PER")]),
              ("Nobody else .", [])]
@@ -100,7 +101,7 @@ def test_suggest_kb_finds_the_missing_entity(tmp_path):
     rows = [line.split("\t") for line in (tmp_path / "new.tsv").read_text().splitlines()]
     assert rows[0][:3] == ["kind", "text", "label"]
     assert rows[1][:4] == ["add", "Zorblat Industries", "ORG", "3"]
-    assert "[[Zorblat Industries]] hired Acme in May ." in rows[1][6]
+    assert "[[Zorblat Industries]] hired Acme in May ." in rows[1][6]  # NATO: labelled already, not suggested
     assert rows[2][:6] == ["suspect", "May", "PER", "3", "", "0/3"]  # the model never tags May
     assert len(rows) == 3  # Paris: the model agrees, no suspect
     from spacy_bond_moe.distant import read_kb
