@@ -117,7 +117,11 @@ def test_suggest_kb_finds_the_missing_entity(tmp_path):
 def test_suggest_kb_with_confidences_of_a_trained_pipeline(trained, tmp_path):
     kb = tmp_path / "kb.tsv"
     kb.write_text("London\tLOC\n")
-    corpus = trained.parent / "corpus" / "train.spacy"
+    corpus = tmp_path / "unlabelled.spacy"  # the toy corpus without its labels: every prediction is new
+    docs = list(DocBin().from_disk(trained.parent / "corpus" / "train.spacy").get_docs(spacy.blank("en").vocab))
+    for doc in docs:
+        doc.ents = []
+    DocBin(docs=docs, store_user_data=True).to_disk(corpus)
     out = tmp_path / "s.jsonl"
     result = CliRunner().invoke(app, ["suggest-kb", str(trained / "model-best"), str(corpus), "--kb", str(kb),
                                       "-o", str(out), "--min-count", "1", "--min-confidence", "0"])
