@@ -264,6 +264,34 @@ def seqeval_section(data: Optional[Dict[str, Any]]) -> List[str]:
                           "seqeval P/R/F1", "F1 difference"], rows) + [""]
 
 
+def kb_loop_section(data: Optional[Dict[str, Any]]) -> List[str]:
+    """The label -> train -> suggest-kb -> relabel -> train loop once on CoNLL03
+    (benchmarks/kb_loop.py): label quality and model F1 before and after the suggestions."""
+    lines = ["## The KB loop once on CoNLL03 (`suggest-kb`)", ""]
+    if data is None:
+        return lines + [NOT_RUN, ""]
+    sug = data["suggestions"]
+    lines += [f"`{data['command'].strip()}` → `{data['_file']}` (commit {short_commit(data)}): the offline KB "
+              f"packs label CoNLL03's train text; `{data['system']}` (seed {data['seed']}) trains on it "
+              f"(gold dev selects, gold test scores); `suggest-kb` with that model proposes additions, of "
+              f"which the top {data['top']} are accepted unread ({sug['n']} passed the default filters: "
+              f"{', '.join(f'{k} {v}' for k, v in sug['by_label'].items())}); the packs plus the "
+              "suggestions label the text again and the same system trains again. Gold train labels "
+              "only score the label sets, and afterwards count how many accepted suggestions are a gold "
+              f"entity of that type somewhere in train: {sug['gold_entity_of_that_type_somewhere']} of "
+              f"{sug['n']}. One seed: differences of about 1 F1 are within seed noise.", ""]
+    rows = []
+    for name, r in data["rounds"].items():
+        q = r["label_quality_vs_gold_train"]
+        rows.append([name.replace("_", " "), "/".join(fmt_num(100 * q[k]) for k in "prf"), str(q["pred"]),
+                     fmt_num(100 * r["dev_f1_at_best"], 2), fmt_num(100 * r["test_f1_at_dev_best"], 2)])
+    lines += table(["KB", "labels vs gold train P/R/F1", "labelled entities", "model dev F1 (best)",
+                    "model test F1 at dev-best"], rows) + [""]
+    lines += ["First suggestions (text, label, count, mean confidence): "
+              + "; ".join(f"{t} {lab} {c} {conf:.2f}" for t, lab, c, conf in sug["first_20"]) + ".", ""]
+    return lines
+
+
 def corpus_scale_section(data: Optional[Dict[str, Any]]) -> List[str]:
     """Sharded distant/annotate throughput and memory per engine (benchmarks/scale.py), and
     the extrapolation to N workers and 10^8 documents from the measured costs."""
@@ -910,7 +938,8 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
                  seqeval: Optional[Dict[str, Any]] = None,
                  kills: Sequence[Dict[str, Any]] = (),
                  resume: Optional[Dict[str, Any]] = None,
-                 corpus_scale: Optional[Dict[str, Any]] = None) -> str:
+                 corpus_scale: Optional[Dict[str, Any]] = None,
+                 kb_loop: Optional[Dict[str, Any]] = None) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
     selected = {r["_file"] for group in main.values() for r in group}
@@ -1004,6 +1033,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     lines += seqeval_section(seqeval)
     lines += reliability_section(kills, resume)
     lines += corpus_scale_section(corpus_scale)
+    lines += kb_loop_section(kb_loop)
 
     # Speed / memory
     lines += ["## Speed and memory (per run)", "",
@@ -1116,7 +1146,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         kills=[k for k in (load_extra(args.results, f"kill_safety__{e}.json")
                                            for e in ("tiny", "minilm")) if k is not None],
                         resume=load_extra(args.results, "resume_check__webpage__bond.json"),
-                        corpus_scale=load_extra(args.results, "scale.json"))
+                        corpus_scale=load_extra(args.results, "scale.json"),
+                        kb_loop=load_extra(args.results, "kb_loop__conll03.json"))
     write_text_atomic(out, text + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return 0
