@@ -10,11 +10,15 @@ and line and leaves the others intact. ``manifest.json`` lists every shard. Memo
 by one shard per worker (a DocBin input is read whole, once per shard that slices it).
 """
 
+import ctypes
 import hashlib
 import json
 import logging
 import os
+import platform
 import re
+import resource
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +37,9 @@ MANIFEST = "manifest.json"
 RECEIPT_SUFFIX = ".receipt.json"
 SHARD_NAME = re.compile(r"^shard-\d{5,}(\.[a-z]+)+$")  # outputs and receipts
 _STATE: Dict[str, Any] = {}  # per-process cache of loaded labellers / pipelines, by fingerprint
+MMAP_THRESHOLD, TRIM_THRESHOLD = 2**20, 2**26  # bytes: glibc's thresholds in shard workers (1, 64 MiB)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_ALLOCATOR: Dict[str, bool] = {}
 
 
 class ShardError(InputError):
@@ -202,6 +209,29 @@ def finished(out_dir: Path, shard: Shard, job: ShardJob) -> Optional[Dict[str, A
     return receipt
 
 
+def bound_allocator() -> bool:
+    """Fix glibc's mmap and trim thresholds, once per process, unless the
+    environment sets them (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_). glibc raises its
+    mmap threshold each time a large buffer is freed, so later tensors come from the heap and
+    fragment it: a worker's RSS then creeps up shard after shard. With fixed thresholds freed
+    buffers go back to the system. True if applied (False without glibc or when overridden)."""
+    if "applied" not in _ALLOCATOR:
+        applied = False
+        overridden = {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"} & set(os.environ)
+        if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc" and not overridden:
+            libc = ctypes.CDLL(None)
+            applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+                bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        _ALLOCATOR["applied"] = applied
+    return _ALLOCATOR["applied"]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def process_shard(job: ShardJob, shard: Shard, out_dir: str) -> Dict[str, Any]:
     """Run `job` on `shard` unless it is finished: output, then receipt, each atomic. Returns
     the receipt with a "status" (done, skipped or failed with "error"). Engines call this."""
@@ -212,6 +242,7 @@ def process_shard(job: ShardJob, shard: Shard, out_dir: str) -> Dict[str, Any]:
     key, state_key = job.fingerprint(), job.state_key()
     try:
         started = time.perf_counter()
+        bound_allocator()
         if state_key not in _STATE:
             _STATE.clear()  # one labeller or pipeline per process at a time
             _STATE[state_key] = job.setup()
@@ -223,7 +254,7 @@ def process_shard(job: ShardJob, shard: Shard, out_dir: str) -> Dict[str, Any]:
             "shard": asdict(shard), "fingerprint": key, "output": output.name,
             "output_sha256": hashlib.sha256(data).hexdigest(), "output_bytes": len(data), "counts": counts,
             "seconds": round(time.perf_counter() - started, 3), "setup_seconds": round(setup_seconds, 3),
-            "worker_pid": os.getpid(),
+            "worker_pid": os.getpid(), "worker_peak_rss_mb": peak_rss_mb(),
         }
         write_atomic(receipt_path(out, shard), srsly.json_dumps(receipt, indent=2).encode("utf8"))
     except (ValueError, OSError) as err:  # bad input (file:line) or an unwritable output
