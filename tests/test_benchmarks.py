@@ -672,6 +672,38 @@ def test_report_inference_section(tmp_path):
     assert "| bond_moe_cnn_k3 / spacy_ner_cnn | n/a |" in section
 
 
+def test_report_kb_loop_section(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    quality = {"p": 0.69, "r": 0.5621, "f": 0.6195, "pred": 19141}
+    data = {"command": "python benchmarks/kb_loop.py ", "git": {"commit": "abcdef123456"},
+            "system": "bond_moe_warmup_cnn", "seed": 0, "top": 100,
+            "suggestions": {"n": 2, "by_label": {"LOC": 1, "PER": 1}, "gold_entity_of_that_type_somewhere": 1,
+                            "first_20": [["Lierse", "LOC", 3, 0.9579], ["Ian", "PER", 3, 0.9675]]},
+            "rounds": {"packs": {"label_quality_vs_gold_train": quality, "dev_f1_at_best": 0.61,
+                                 "test_f1_at_dev_best": 0.5517},
+                       "packs_plus_suggestions": {"label_quality_vs_gold_train": {**quality, "pred": 19192},
+                                                  "dev_f1_at_best": 0.609, "test_f1_at_dev_best": 0.5703}}}
+    (results / "kb_loop__conll03.json").write_text(json.dumps(data))
+    section = report_section(results, "## The KB loop once on CoNLL03", "\n## ")
+    assert "`python benchmarks/kb_loop.py` → `kb_loop__conll03.json` (commit abcdef1234)" in section
+    assert "2 passed the default filters: LOC 1, PER 1" in section and "1 of 2" in section
+    assert "| packs | 69.0/56.2/62.0 | 19141 | 61.00 | 55.17 |" in section
+    assert "| packs plus suggestions | 69.0/56.2/62.0 | 19192 | 60.90 | 57.03 |" in section
+    assert "Lierse LOC 3 0.96; Ian PER 3 0.97." in section
+
+
+def test_report_bounded_allocator_rows():
+    rows = [{"task": "annotate_minilm", "lines": n, "engine": "local1", "wall_s": 10.0, "docs_per_s": 90.0,
+             "peak_rss_process_mb": mb, "max_processes": 1} for n, mb in ((2000, 971.2), (20000, 972.4), (40000, 972.6))]
+    lines = report.bounded_allocator_lines({"_file": "scale_minilm_bounded.json", "command": "python benchmarks/scale.py",
+                                            "git": {"commit": "abcdef123456"}, "rows": rows})
+    text = "\n".join(lines)
+    assert "| 40,000 | local1 | 10.0 | 90 | 973 | 1 |" in text
+    assert "annotate_minilm local1 971 → 972 → 973 MB" in text
+    assert report.bounded_allocator_lines(None) == []
+
+
 def test_seqeval_check_agrees_with_spacy_scorer_and_report(tmp_path):
     """A trained toy pipeline: seqeval (default mode) and spaCy's scorer give the same F1 on the
     same predictions, which are imperfect (else agreement would prove little)."""

@@ -87,6 +87,7 @@ def test_sharded_distant_matches_one_docbin(corpus):
     assert manifest["totals"]["ents"] == summary["ents"] and manifest["totals"]["n_docs"] == 230
     assert manifest["inputs"][0]["sha256"] and manifest["status"] == {"done": 5, "skipped": 0, "failed": 0}
     assert [s["counts"]["n_docs"] for s in manifest["shards"]] == [50, 50, 50, 50, 30]
+    assert all(s["worker_peak_rss_mb"] > 50 for s in manifest["shards"])
 
 
 def test_rerun_skips_finished_shards_and_redoes_damaged_ones(corpus):
@@ -104,6 +105,41 @@ def test_rerun_skips_finished_shards_and_redoes_damaged_ones(corpus):
     result = distant(corpus, out, "--shard-size", "100")  # another plan: stale shards removed
     assert result.exit_code == 0 and "3 shards: 3 done" in result.output and "removed 4 stale" in result.output
     assert sorted(p.name for p in out.glob("shard-*.spacy")) == [f"shard-0000{i}.spacy" for i in range(3)]
+
+
+MMAP_PROBE = """
+import ctypes, json, sys
+from spacy_bond_moe.shards import bound_allocator
+
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                    "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes, libc.mallinfo2.restype = [ctypes.c_void_p], Info
+applied = bound_allocator() if sys.argv[1] == "bounded" else False
+libc.free(libc.malloc(8 << 20))  # glibc's adaptive threshold now rises to 8 MiB
+before = libc.mallinfo2().hblks
+block = libc.malloc(2 << 20)
+print(json.dumps({"applied": applied, "mmapped": libc.mallinfo2().hblks - before}))
+libc.free(block)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+@pytest.mark.parametrize("mode", ["bounded", "adaptive"])
+def test_shard_workers_return_large_buffers_to_the_system(mode):
+    """After a large buffer is freed glibc serves the next ones from its heap, which fragments
+    and grows shard after shard; in shard workers a 2 MiB buffer is still mapped (and unmapped)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    proc = subprocess.run([sys.executable, "-c", MMAP_PROBE, mode], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == ({"applied": True, "mmapped": 1} if mode == "bounded" else {"applied": False, "mmapped": 0})
+    env["MALLOC_MMAP_THRESHOLD_"] = str(4 << 20)  # the user's own setting wins
+    proc = subprocess.run([sys.executable, "-c", MMAP_PROBE, "bounded"], capture_output=True, text=True, env=env)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["applied"] is False
 
 
 @pytest.mark.slow
