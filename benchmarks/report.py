@@ -306,14 +306,14 @@ def bounded_allocator_lines(data: Optional[Dict[str, Any]]) -> List[str]:
     if data is None:
         return []
     rows = [[f"{r['lines']:,}", r["engine"], fmt_num(r["wall_s"], 1), fmt_num(r["docs_per_s"], 0),
-             fmt_num(r["peak_rss_process_mb"], 0), str(r["max_processes"])] for r in data["rows"]]
-    return [f"**Allocator thresholds fixed** (`{data['command']}` → `{data['_file']}`, commit "
-            f"{short_commit(data)}): the shard workers now set glibc's mmap threshold to 1 MiB and its trim "
+             fmt_num(r["peak_rss_process_mb"], 0), str(r["max_processes"]), short_commit({"git": r})]
+            for r in data["rows"]]
+    return [f"**Allocator thresholds fixed** (`{data['command']}` → `{data['_file']}`): the shard workers now set glibc's mmap threshold to 1 MiB and its trim "
             "threshold to 64 MiB. With glibc's adaptive threshold, freeing one large tensor raises the "
             "threshold, later tensors come from the heap, and the heap fragments: one MiniLM process grew "
             "shard after shard (above). Cost: about 7% of MiniLM annotate's speed (whole-process A/B, "
             "6,000 lines, 3 pairs: wall ratio median 1.067, system time 1.6 → 10.2 s from page faults).", ""] \
-        + table(["lines", "engine", "wall s", "docs/s", "largest process MB", "processes"], rows) + [""] \
+        + table(["lines", "engine", "wall s", "docs/s", "largest process MB", "processes", "commit"], rows) + [""] \
         + ["Largest process at 2,000 → 20,000 → 40,000 lines: " + "; ".join(growth_of(data["rows"])) + ".", ""]
 
 

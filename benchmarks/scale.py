@@ -39,6 +39,7 @@ PYTHON = [sys.executable, "-m", "spacy_bond_moe"]
 ENGINES: Dict[str, Tuple[str, int]] = {"local1": ("local", 1), "local2": ("local", 2),
                                        "dask2": ("dask", 2), "ray2": ("ray", 2)}
 SHARD_SIZE = {"distant": 10000, "annotate_cnn": 10000, "annotate_minilm": 1000}
+TASKS = ("distant", "annotate_cnn", "annotate_minilm")
 
 
 def tree_rss_kb(root: int) -> Tuple[int, int, int]:
@@ -136,7 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="20000,200000", help="lines for distant and annotate_cnn")
     parser.add_argument("--minilm-sizes", default="2000,20000", help="lines for annotate_minilm")
-    parser.add_argument("--tasks", default="distant,annotate_cnn,annotate_minilm")
+    parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--minilm-model", type=Path,
                         default=ROOT / "runs" / "bench" / "conll03__bond_moe_warmup__seed1" / "model-best")
@@ -145,6 +146,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         default=ROOT.parent / "shared" / "datasets" / "roster" / "conll" / "train_text.txt")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "scale")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --out (other engines or sizes) and add these")
     args = parser.parse_args(argv)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -161,7 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not args.minilm_model.is_dir():
             parser.error(f"--minilm-model {args.minilm_model} not found (train one with benchmarks/run.py)")
         models["annotate_minilm"] = args.minilm_model
-    rows: List[Dict[str, Any]] = []
+    previous = json.loads(args.out.read_text()) if args.append and args.out.is_file() else {}
+    rows: List[Dict[str, Any]] = [{"commit": previous["git"]["commit"], **row} for row in previous.get("rows", [])]
+    commit = git_info()["commit"]
     for task in tasks:
         sizes = args.minilm_sizes if task == "annotate_minilm" else args.sizes
         for size in map(int, sizes.split(",")):
@@ -189,14 +194,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 row["input_mb"] = round(data.stat().st_size / 2**20, 2)
                 row.update(worker_costs(out))
                 row["loadavg_1min"] = round(os.getloadavg()[0], 2)
+                row["commit"] = commit
                 rows.append(row)
                 print(f"[scale]   {row['docs_per_s']} docs/s (wall), peak RSS tree {row['peak_rss_tree_mb']} MB, "
                       f"largest process {row['peak_rss_process_mb']} MB", flush=True)
                 shutil.rmtree(out, ignore_errors=True)
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    order = {name: i for i, name in enumerate(ENGINES)}
+    rows.sort(key=lambda r: (TASKS.index(r["task"]), r["lines"], order.get(r["engine"], 99)))
+    command = "python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {
         "schema": 1, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " && ".join([previous["command"], command]) if previous else command,
         "input": str(args.text), "kb": {"path": str(kb), "bytes": kb.stat().st_size,
                                         "patterns": sum(1 for _ in kb.open(encoding="utf8"))},
         "models": {task: str(path) for task, path in models.items()}, "shard_size": SHARD_SIZE,

@@ -695,11 +695,11 @@ def test_report_kb_loop_section(tmp_path):
 
 def test_report_bounded_allocator_rows():
     rows = [{"task": "annotate_minilm", "lines": n, "engine": "local1", "wall_s": 10.0, "docs_per_s": 90.0,
-             "peak_rss_process_mb": mb, "max_processes": 1} for n, mb in ((2000, 971.2), (20000, 972.4), (40000, 972.6))]
+             "peak_rss_process_mb": mb, "max_processes": 1, "commit": "abcdef123456"} for n, mb in ((2000, 971.2), (20000, 972.4), (40000, 972.6))]
     lines = report.bounded_allocator_lines({"_file": "scale_minilm_bounded.json", "command": "python benchmarks/scale.py",
-                                            "git": {"commit": "abcdef123456"}, "rows": rows})
+                                            "rows": rows})
     text = "\n".join(lines)
-    assert "| 40,000 | local1 | 10.0 | 90 | 973 | 1 |" in text
+    assert "| 40,000 | local1 | 10.0 | 90 | 973 | 1 | abcdef1234 |" in text
     assert "annotate_minilm local1 971 → 972 → 973 MB" in text
     assert report.bounded_allocator_lines(None) == []
 
