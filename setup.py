@@ -76,6 +76,8 @@ setup(
             "spacy_bond_moe.teacher:build_hard_pseudo_labels_v1",
             "spacy-bond-moe.cross_entropy.v1 = spacy_bond_moe.losses:build_cross_entropy_v1",
             "spacy-bond-moe.gce.v1 = spacy_bond_moe.losses:build_gce_v1",
+            "spacy-bond-moe.cross_entropy.v2 = spacy_bond_moe.losses:build_cross_entropy_v2",
+            "spacy-bond-moe.gce.v2 = spacy_bond_moe.losses:build_gce_v2",
             "spacy-bond-moe.confidence_filter.v1 = "
             "spacy_bond_moe.denoise:build_confidence_filter_v1",
         ],

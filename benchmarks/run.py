@@ -102,6 +102,7 @@ CASE_AFFIX: Tuple[Tuple[str, str], ...] = (
 # Stage I noise robustness (RoSTER's values).
 GCE = '{"@misc":"spacy-bond-moe.gce.v1","q":0.7,"o_drop":0.0}'
 O_DROP = '{"@misc":"spacy-bond-moe.cross_entropy.v1","o_drop":0.5}'
+UNCERTAIN_O = '{"@misc":"spacy-bond-moe.cross_entropy.v2","o_drop":0.0,"uncertain_o":"capitalised"}'
 LABEL_FILTER: Tuple[Tuple[str, str], ...] = (
     (f"--components.{COMPONENT}.label_filter",
      '{"@misc":"spacy-bond-moe.confidence_filter.v1","threshold":0.7,"max_removed":0.9}'),
@@ -213,6 +214,11 @@ SYSTEMS["minilm_fast_fill_sentences"] = System(
     "investigation: `minilm_fast` with 16 sentences per bucketed batch (each step's token-mean "
     "loss weighs a batch of one-word lines as much as one of long sentences)",
     n_experts=3, shared_stage_one=True, extra=(("--training.batcher.fill", "sentences"),))
+SYSTEMS["bond_uncertain_o"] = System(
+    "bond_uncertain_o", "configs/bond_moe_paper.cfg",
+    "investigation: BOND (K=1) whose stage I leaves distant O labels on capitalised non-stop-word "
+    "tokens unsupervised (`uncertain_o = \"capitalised\"`: the KB's missed names)", n_experts=1,
+    extra=((f"--components.{COMPONENT}.distant_loss", UNCERTAIN_O),))
 # `default`: configs/minilm.cfg (shared_steps = teacher_start) is the `bond_moe_warmup` command.
 ALIASES: Dict[str, str] = {"wo_moe": "bond", "default": "bond_moe_warmup"}
 # Systems run one by one to test a hypothesis; not part of the --all suite table.
@@ -220,7 +226,8 @@ INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_
                                   "bond_moe_warmup_cnn", "bond_moe_soft", "bond_case",
                                   "bond_case_affix", "bond_gce", "bond_odrop", "bond_filter",
                                   "bond_filter_o", "bond_moe_ensemble", "bond_lr1e4", "minilm_fast",
-                                  "bond_moe_warmup_buckets", "minilm_fast_fill_sentences")
+                                  "bond_moe_warmup_buckets", "minilm_fast_fill_sentences",
+                                  "bond_uncertain_o")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.

@@ -13,7 +13,9 @@ from .component import BondMoENER, install_extensions, make_bond_moe_ner
 from .denoise import ConfidenceFilter, build_confidence_filter_v1
 from .em import Assigner, Router, build_argmax_assigner_v1, build_sinkhorn_assigner_v1
 from .loggers import bond_moe_console_logger_v1
-from .losses import DistantLoss, build_cross_entropy_v1, build_gce_v1
+from .losses import (
+    DistantLoss, build_cross_entropy_v1, build_cross_entropy_v2, build_gce_v1, build_gce_v2,
+)
 from .teacher import Teacher, build_hard_pseudo_labels_v1, build_soft_pseudo_labels_v1
 from .util import transformer_name_v1
 
@@ -41,7 +43,9 @@ __all__ = [
     "build_hard_pseudo_labels_v1",
     "DistantLoss",
     "build_cross_entropy_v1",
+    "build_cross_entropy_v2",
     "build_gce_v1",
+    "build_gce_v2",
     "ConfidenceFilter",
     "build_confidence_filter_v1",
     "bond_moe_console_logger_v1",

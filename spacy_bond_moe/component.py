@@ -418,7 +418,7 @@ class BondMoENER(TrainablePipe):
             if kept is not None and kept.shape == mask.shape:
                 mask = mask & kept
             if train:
-                mask = self.distant_loss.supervised(ids, mask)
+                mask = self.distant_loss.supervised(ids, mask, eg.predicted)
             output.append((q, mask))
         return output
 

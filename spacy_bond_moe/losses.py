@@ -5,15 +5,19 @@ Gradients are returned with respect to the expert's *logits* (thinc's Softmax
 convention), so the expert heads pass them straight to their linear layer.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Literal, Optional, Sequence, Tuple, Union
 
 import numpy
+from spacy.tokens import Doc
 from spacy.util import registry
 from thinc.types import Floats1d, Floats2d, Floats3d
 from thinc.util import get_array_module
 
+from .tags import capitalised_mask
+
 EPS = 1e-12  # the one epsilon inside every log and division of the package
 TokenLoss = Callable[[Floats2d, Floats2d, Floats2d], Tuple[float, Floats2d]]
+UncertainO = Literal["none", "capitalised"]
 
 
 def token_nll(probs: Union[Floats2d, Floats3d], targets: Floats2d) -> Union[Floats1d, Floats2d]:
@@ -97,18 +101,28 @@ def weighted_expert_loss(
 
 @dataclass
 class DistantLoss:
-    """The stage-I loss on distant labels: a token loss, and O-dropping.
+    """The stage-I loss on distant labels: a token loss, and which "O" labels it trusts.
 
     o_drop (float): Fraction of distant "O" tokens left unsupervised at each update
         (missed entities are the distant labels' main noise), drawn anew each time.
+    uncertain_o (UncertainO): "capitalised": distant "O" labels on capitalised tokens that
+        are not stop words (`tags.capitalised_mask`) are never supervised; "none": all are.
     """
 
     token_loss: TokenLoss
     o_drop: float = 0.0
+    uncertain_o: UncertainO = "none"
     rng: numpy.random.Generator = field(default_factory=lambda: numpy.random.default_rng(0))
 
-    def supervised(self, tag_ids: numpy.ndarray, mask: numpy.ndarray) -> numpy.ndarray:
-        """The training mask after O-dropping (`tag_ids` 0 = "O")."""
+    def supervised(
+        self, tag_ids: numpy.ndarray, mask: numpy.ndarray, doc: Optional[Doc] = None
+    ) -> numpy.ndarray:
+        """The training mask after O-dropping (`tag_ids` 0 = "O"; `doc` has the tokens of
+        `tag_ids`, needed for `uncertain_o`)."""
+        if self.uncertain_o == "capitalised":
+            if doc is None or len(doc) != len(tag_ids):
+                raise ValueError("[bond_moe_ner] uncertain_o needs the doc of the tag ids")
+            mask = mask & ~((tag_ids == 0) & capitalised_mask(doc))
         if self.o_drop <= 0:
             return mask
         return mask & ~((tag_ids == 0) & (self.rng.random(len(tag_ids)) < self.o_drop))
@@ -119,6 +133,16 @@ def _check_o_drop(o_drop: float) -> None:
         raise ValueError(f"[bond_moe_ner] o_drop must be in [0, 1), got {o_drop}")
 
 
+def _gce(q: float) -> TokenLoss:
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"[bond_moe_ner] gce q must be in (0, 1], got {q}")
+
+    def gce(probs: Floats2d, targets: Floats2d, mask: Floats2d) -> Tuple[float, Floats2d]:
+        return generalized_cross_entropy(probs, targets, mask, q)
+
+    return gce
+
+
 @registry.misc("spacy-bond-moe.cross_entropy.v1")
 def build_cross_entropy_v1(o_drop: float = 0.0) -> DistantLoss:
     """Cross-entropy on the distant labels (BOND's stage I)."""
@@ -126,14 +150,26 @@ def build_cross_entropy_v1(o_drop: float = 0.0) -> DistantLoss:
     return DistantLoss(soft_cross_entropy, o_drop)
 
 
+@registry.misc("spacy-bond-moe.cross_entropy.v2")
+def build_cross_entropy_v2(o_drop: float = 0.0, uncertain_o: UncertainO = "none") -> DistantLoss:
+    """v1, plus `uncertain_o`: "capitalised" leaves distant "O" on capitalised tokens unsupervised."""
+    _check_o_drop(o_drop)
+    return DistantLoss(soft_cross_entropy, o_drop, uncertain_o)
+
+
 @registry.misc("spacy-bond-moe.gce.v1")
 def build_gce_v1(q: float = 0.7, o_drop: float = 0.0) -> DistantLoss:
     """Generalized cross-entropy with exponent `q` in (0, 1] (RoSTER's noise-robust loss)."""
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"[bond_moe_ner] gce q must be in (0, 1], got {q}")
+    token_loss = _gce(q)
     _check_o_drop(o_drop)
+    return DistantLoss(token_loss, o_drop)
 
-    def gce(probs: Floats2d, targets: Floats2d, mask: Floats2d) -> Tuple[float, Floats2d]:
-        return generalized_cross_entropy(probs, targets, mask, q)
 
-    return DistantLoss(gce, o_drop)
+@registry.misc("spacy-bond-moe.gce.v2")
+def build_gce_v2(
+    q: float = 0.7, o_drop: float = 0.0, uncertain_o: UncertainO = "none"
+) -> DistantLoss:
+    """gce.v1, plus `uncertain_o` as in cross_entropy.v2."""
+    token_loss = _gce(q)
+    _check_o_drop(o_drop)
+    return DistantLoss(token_loss, o_drop, uncertain_o)

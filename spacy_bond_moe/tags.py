@@ -37,6 +37,15 @@ def blank_mask(doc: Doc) -> numpy.ndarray:
     return mask
 
 
+def capitalised_mask(doc: Doc) -> numpy.ndarray:
+    """(n_tokens,) bool: tokens that start with an upper-case letter and are not stop words
+    ("EU", "Taunton", "BRUSSELS"; not "The", "He"). A knowledge base misses names, and
+    names are capitalised: a distant "O" on such a token is weak evidence."""
+    return numpy.fromiter(
+        (token.text[:1].isupper() and not token.is_stop for token in doc), dtype=bool, count=len(doc)
+    )
+
+
 def example_tag_ids(example: Example, tag_ids: dict) -> numpy.ndarray:
     """Gold BIO class ids on the predicted tokenisation; MISSING where unknown.
 
