@@ -190,6 +190,24 @@ def test_missing_annotation_is_unsupervised(nlp):
     assert numpy.abs(grads[0][1:]).sum() == 0 and numpy.abs(grads[0][0]).sum() > 0
 
 
+def test_uncertain_o_loss_in_training_targets(nlp):
+    """`distant_loss.uncertain_o = "capitalised"`: stage I's targets leave the distant O on a
+    capitalised token unsupervised (no gradient), keep it on lowercase and stop-word tokens."""
+    ner = add_ner(nlp, 1, distant_loss={"@misc": "spacy-bond-moe.cross_entropy.v2",
+                                        "uncertain_o": "capitalised"})
+    examples = make_examples(nlp)
+    nlp.initialize(lambda: examples)
+    ref = nlp.make_doc("The trip to Taunton .")
+    ref.set_ents([], default="outside")
+    eg = Example(nlp.make_doc("The trip to Taunton ."), ref)
+    (_, train_mask), = ner.targets([eg], train=True)
+    (_, eval_mask), = ner.targets([eg])
+    assert train_mask.tolist() == [True, True, True, False, True] and eval_mask.all()
+    scores = ner.model.predict([eg.predicted])
+    _, grads = ner.get_loss([eg], scores)
+    assert numpy.abs(grads[0][3]).sum() == 0 and numpy.abs(grads[0][0]).sum() > 0
+
+
 def test_update_routes_gradient_to_assigned_expert(nlp):
     ner = add_ner(nlp, 3)
     examples = make_examples(nlp)

@@ -2,9 +2,15 @@
 import numpy
 import pytest
 
+import spacy
+from spacy.util import registry
+from thinc.api import Config
+
 from spacy_bond_moe.losses import (
-    build_cross_entropy_v1, build_gce_v1, expert_loss, generalized_cross_entropy, soft_cross_entropy,
+    build_cross_entropy_v1, build_cross_entropy_v2, build_gce_v1, build_gce_v2, expert_loss,
+    generalized_cross_entropy, soft_cross_entropy,
 )
+from spacy_bond_moe.tags import capitalised_mask
 
 
 def softmax(z):
@@ -87,3 +93,37 @@ def test_o_drop_keeps_entity_tokens_and_draws_anew():
     for bad in (lambda: build_cross_entropy_v1(o_drop=1.0), lambda: build_gce_v1(q=0.0)):
         with pytest.raises(ValueError):
             bad()
+
+
+def test_capitalised_mask():
+    doc = spacy.blank("en")("The EU met Peter and BRUSSELS in london on Monday . He left")
+    assert [t.text for t, m in zip(doc, capitalised_mask(doc)) if m] == ["EU", "Peter", "BRUSSELS", "Monday"]
+    assert capitalised_mask(doc[:0].as_doc()).shape == (0,)
+
+
+@pytest.mark.parametrize("build", [build_cross_entropy_v2, build_gce_v2])
+def test_uncertain_o_leaves_capitalised_o_unsupervised(build):
+    doc = spacy.blank("en")("The EU met Peter in london .")
+    ids = numpy.array([0, 3, 0, 0, 0, 0, 0])  # "EU" labelled, "Peter" missed by the KB
+    mask = numpy.ones(len(doc), dtype=bool)
+    mask[6] = False  # already unsupervised stays so
+    kept = build(uncertain_o="capitalised").supervised(ids, mask, doc)
+    assert kept.tolist() == [True, True, True, False, True, True, False]
+    assert build().supervised(ids, mask, doc) is mask  # "none" (the default) trusts every O
+    with pytest.raises(ValueError, match="needs the doc"):
+        build(uncertain_o="capitalised").supervised(ids, mask)
+    # with O-drop on top, the capitalised O stays unsupervised on every draw
+    drops = [build(o_drop=0.5, uncertain_o="capitalised").supervised(ids, mask, doc) for _ in range(5)]
+    assert not any(d[3] for d in drops) and all(d[1] for d in drops)
+
+
+def test_uncertain_o_choice_is_checked_by_the_config():
+    cfg = Config().from_str('''
+[loss]
+@misc = "spacy-bond-moe.cross_entropy.v2"
+uncertain_o = "titlecase"
+''')
+    with pytest.raises(Exception, match="capitalised"):
+        registry.resolve(cfg)
+    cfg["loss"]["uncertain_o"] = "capitalised"
+    assert registry.resolve(cfg)["loss"].uncertain_o == "capitalised"
