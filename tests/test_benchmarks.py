@@ -701,6 +701,10 @@ def test_report_bounded_allocator_rows():
     text = "\n".join(lines)
     assert "| 40,000 | local1 | 10.0 | 90 | 973 | 1 | abcdef1234 |" in text
     assert "annotate_minilm local1 971 → 972 → 973 MB" in text
+    no_commit = [{k: v for k, v in r.items() if k != "commit"} for r in rows]
+    text = "\n".join(report.bounded_allocator_lines({"_file": "b.json", "command": "c", "rows": no_commit,
+                                                     "git": {"commit": "0123456789abcdef"}}))
+    assert "| 40,000 | local1 | 10.0 | 90 | 973 | 1 | 0123456789 |" in text  # the file's commit
     assert report.bounded_allocator_lines(None) == []
 
 
@@ -836,3 +840,5 @@ def test_scale_bench_measures_a_real_sharded_run_and_reports_it(tmp_path):
     assert "| distant | 1,000 | dask2 |" in section and "### Scaling on paper" in section
     assert f"distant dask2 {row['peak_rss_process_mb']:.0f} → {row['peak_rss_process_mb']:.0f} MB" in section
     assert section.count("| distant | dask2 |") == 1  # one extrapolation row: the large input, 2 workers
+    # one worker labelled every shard (costs come from a 1-process run): the table says so
+    assert "| 1 of 2 |" in section and "distant 1,000 dask2" in section.split("fewer workers ran shards")[1]
