@@ -103,6 +103,8 @@ CASE_AFFIX: Tuple[Tuple[str, str], ...] = (
 GCE = '{"@misc":"spacy-bond-moe.gce.v1","q":0.7,"o_drop":0.0}'
 O_DROP = '{"@misc":"spacy-bond-moe.cross_entropy.v1","o_drop":0.5}'
 UNCERTAIN_O = '{"@misc":"spacy-bond-moe.cross_entropy.v2","o_drop":0.0,"uncertain_o":"capitalised"}'
+PROPER_O = ('{"@misc":"spacy-bond-moe.cross_entropy.v2","o_drop":0.0,"uncertain_o":"proper",'
+            '"max_lower_share":0.2}')
 LABEL_FILTER: Tuple[Tuple[str, str], ...] = (
     (f"--components.{COMPONENT}.label_filter",
      '{"@misc":"spacy-bond-moe.confidence_filter.v1","threshold":0.7,"max_removed":0.9}'),
@@ -219,6 +221,11 @@ SYSTEMS["bond_uncertain_o"] = System(
     "investigation: BOND (K=1) whose stage I leaves distant O labels on capitalised non-stop-word "
     "tokens unsupervised (`uncertain_o = \"capitalised\"`: the KB's missed names)", n_experts=1,
     extra=((f"--components.{COMPONENT}.distant_loss", UNCERTAIN_O),))
+SYSTEMS["bond_proper_o"] = System(
+    "bond_proper_o", "configs/bond_moe_paper.cfg",
+    "investigation: `bond_uncertain_o` limited to words the training text writes in lower case at "
+    "most 20% of the time (`uncertain_o = \"proper\"`: names, not \"Monday\" or \"SOCCER\")",
+    n_experts=1, extra=((f"--components.{COMPONENT}.distant_loss", PROPER_O),))
 # `default`: configs/minilm.cfg (shared_steps = teacher_start) is the `bond_moe_warmup` command.
 ALIASES: Dict[str, str] = {"wo_moe": "bond", "default": "bond_moe_warmup"}
 # Systems run one by one to test a hypothesis; not part of the --all suite table.
@@ -227,7 +234,7 @@ INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_
                                   "bond_case_affix", "bond_gce", "bond_odrop", "bond_filter",
                                   "bond_filter_o", "bond_moe_ensemble", "bond_lr1e4", "minilm_fast",
                                   "bond_moe_warmup_buckets", "minilm_fast_fill_sentences",
-                                  "bond_uncertain_o")
+                                  "bond_uncertain_o", "bond_proper_o")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.

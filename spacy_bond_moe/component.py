@@ -247,7 +247,8 @@ class BondMoENER(TrainablePipe):
         nlp: Optional[Language] = None,
         labels: Optional[Sequence[str]] = None,
     ) -> None:
-        """Set labels, size the heads and deal the training documents to experts."""
+        """Set labels, size the heads, deal the training documents to experts and let the
+        distant loss read the corpus (`uncertain_o = "proper"` counts its casing)."""
         validate_get_examples(get_examples, "BondMoENER.initialize")
         examples = list(get_examples())
         if labels is not None:
@@ -262,6 +263,7 @@ class BondMoENER(TrainablePipe):
         self.model.initialize(X=sample or None)
         self._int8.clear()
         self.router.deal([em.doc_key(eg.reference) for eg in examples])
+        self.distant_loss.initialize(eg.predicted for eg in examples)
 
     # ---------------------------------------------------------------- predict
     def predict(self, docs: Iterable[Doc]) -> List[Floats3d]:
@@ -553,6 +555,7 @@ class BondMoENER(TrainablePipe):
             "teacher": self.teacher.state(),
             "kept_labels": dict(self.kept_labels),
             "route_updates": self.route_updates,
+            "distant_loss": self.distant_loss.state(),
         }
 
     def load_training_state(self, state: Dict[str, Any]) -> None:
@@ -562,6 +565,7 @@ class BondMoENER(TrainablePipe):
         self.kept_labels = {str(k): numpy.asarray(v, dtype=bool)
                             for k, v in state["kept_labels"].items()}
         self.route_updates = bool(state["route_updates"])
+        self.distant_loss.load_state(state.get("distant_loss", {}))
         self.cfg["expert_prior"] = list(self.router.prior)  # cfg.json rounds it
 
     # ---------------------------------------------------------- serialization

@@ -5,7 +5,8 @@ Gradients are returned with respect to the expert's *logits* (thinc's Softmax
 convention), so the expert heads pass them straight to their linear layer.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Sequence, Tuple, Union
+from collections import Counter
+from typing import Any, Callable, Dict, Iterable, Literal, Optional, Sequence, Tuple, Union
 
 import numpy
 from spacy.tokens import Doc
@@ -17,7 +18,7 @@ from .tags import capitalised_mask
 
 EPS = 1e-12  # the one epsilon inside every log and division of the package
 TokenLoss = Callable[[Floats2d, Floats2d, Floats2d], Tuple[float, Floats2d]]
-UncertainO = Literal["none", "capitalised"]
+UncertainO = Literal["none", "capitalised", "proper"]
 
 
 def token_nll(probs: Union[Floats2d, Floats3d], targets: Floats2d) -> Union[Floats1d, Floats2d]:
@@ -105,24 +106,59 @@ class DistantLoss:
 
     o_drop (float): Fraction of distant "O" tokens left unsupervised at each update
         (missed entities are the distant labels' main noise), drawn anew each time.
-    uncertain_o (UncertainO): "capitalised": distant "O" labels on capitalised tokens that
-        are not stop words (`tags.capitalised_mask`) are never supervised; "none": all are.
+    uncertain_o (UncertainO): Distant "O" labels never supervised: "capitalised": on
+        capitalised tokens that are not stop words (`tags.capitalised_mask`); "proper": on
+        those whose word is capitalised in the training corpus at least
+        1 - `max_lower_share` of the time (names; not "Monday"-like common words that also
+        occur in lower case: "Results", "SOCCER"); "none": all are supervised.
+    max_lower_share (float): For "proper": the largest share of lower-case occurrences.
     """
 
     token_loss: TokenLoss
     o_drop: float = 0.0
     uncertain_o: UncertainO = "none"
+    max_lower_share: float = 0.2
     rng: numpy.random.Generator = field(default_factory=lambda: numpy.random.default_rng(0))
+    lower_share: Optional[Dict[str, float]] = None  # "proper": per lower-cased word, training only
+
+    def initialize(self, docs: Iterable[Doc]) -> None:
+        """Count how often each word of the training corpus is written in lower case."""
+        if self.uncertain_o != "proper":
+            return
+        lower: Counter = Counter()
+        total: Counter = Counter()
+        for doc in docs:
+            for token in doc:
+                if token.is_alpha:
+                    total[token.lower_] += 1
+                    lower[token.lower_] += token.text[:1].islower()
+        self.lower_share = {word: lower[word] / n for word, n in total.items()}
+
+    def state(self) -> Dict[str, Any]:
+        """The training-only casing table (for a resumed run)."""
+        return {"lower_share": self.lower_share}
+
+    def load_state(self, state: Dict[str, Any]) -> None:
+        self.lower_share = state.get("lower_share")
 
     def supervised(
         self, tag_ids: numpy.ndarray, mask: numpy.ndarray, doc: Optional[Doc] = None
     ) -> numpy.ndarray:
         """The training mask after O-dropping (`tag_ids` 0 = "O"; `doc` has the tokens of
         `tag_ids`, needed for `uncertain_o`)."""
-        if self.uncertain_o == "capitalised":
+        if self.uncertain_o != "none":
             if doc is None or len(doc) != len(tag_ids):
                 raise ValueError("[bond_moe_ner] uncertain_o needs the doc of the tag ids")
-            mask = mask & ~((tag_ids == 0) & capitalised_mask(doc))
+            uncertain = capitalised_mask(doc)
+            if self.uncertain_o == "proper":
+                if self.lower_share is None:
+                    raise ValueError("[bond_moe_ner] uncertain_o = 'proper' needs the casing "
+                                     "table of the training corpus: initialize the component")
+                share = self.lower_share
+                uncertain &= numpy.fromiter(
+                    (share.get(t.lower_, 0.0) <= self.max_lower_share for t in doc),
+                    dtype=bool, count=len(doc))
+            mask = mask & ~((tag_ids == 0) & uncertain)
         if self.o_drop <= 0:
             return mask
         return mask & ~((tag_ids == 0) & (self.rng.random(len(tag_ids)) < self.o_drop))
@@ -150,11 +186,20 @@ def build_cross_entropy_v1(o_drop: float = 0.0) -> DistantLoss:
     return DistantLoss(soft_cross_entropy, o_drop)
 
 
+def _check_max_lower_share(max_lower_share: float) -> None:
+    if not 0.0 <= max_lower_share < 1.0:
+        raise ValueError(f"[bond_moe_ner] max_lower_share must be in [0, 1), got {max_lower_share}")
+
+
 @registry.misc("spacy-bond-moe.cross_entropy.v2")
-def build_cross_entropy_v2(o_drop: float = 0.0, uncertain_o: UncertainO = "none") -> DistantLoss:
-    """v1, plus `uncertain_o`: "capitalised" leaves distant "O" on capitalised tokens unsupervised."""
+def build_cross_entropy_v2(
+    o_drop: float = 0.0, uncertain_o: UncertainO = "none", max_lower_share: float = 0.2
+) -> DistantLoss:
+    """v1, plus `uncertain_o`: distant "O" labels on capitalised ("capitalised") or
+    name-like ("proper") tokens are left unsupervised (see `DistantLoss`)."""
     _check_o_drop(o_drop)
-    return DistantLoss(soft_cross_entropy, o_drop, uncertain_o)
+    _check_max_lower_share(max_lower_share)
+    return DistantLoss(soft_cross_entropy, o_drop, uncertain_o, max_lower_share)
 
 
 @registry.misc("spacy-bond-moe.gce.v1")
@@ -167,9 +212,11 @@ def build_gce_v1(q: float = 0.7, o_drop: float = 0.0) -> DistantLoss:
 
 @registry.misc("spacy-bond-moe.gce.v2")
 def build_gce_v2(
-    q: float = 0.7, o_drop: float = 0.0, uncertain_o: UncertainO = "none"
+    q: float = 0.7, o_drop: float = 0.0, uncertain_o: UncertainO = "none",
+    max_lower_share: float = 0.2,
 ) -> DistantLoss:
-    """gce.v1, plus `uncertain_o` as in cross_entropy.v2."""
+    """gce.v1, plus `uncertain_o` and `max_lower_share` as in cross_entropy.v2."""
     token_loss = _gce(q)
     _check_o_drop(o_drop)
-    return DistantLoss(token_loss, o_drop, uncertain_o)
+    _check_max_lower_share(max_lower_share)
+    return DistantLoss(token_loss, o_drop, uncertain_o, max_lower_share)

@@ -208,6 +208,20 @@ def test_uncertain_o_loss_in_training_targets(nlp):
     assert numpy.abs(grads[0][3]).sum() == 0 and numpy.abs(grads[0][0]).sum() > 0
 
 
+def test_proper_o_table_is_counted_at_initialize_and_kept_in_training_state(nlp):
+    ner = add_ner(nlp, 1, distant_loss={"@misc": "spacy-bond-moe.cross_entropy.v2",
+                                        "uncertain_o": "proper"})
+    examples = make_examples(nlp)
+    nlp.initialize(lambda: examples)
+    table = ner.distant_loss.lower_share
+    assert table and all(0.0 <= v <= 1.0 for v in table.values())
+    assert set(table) == {t.lower_ for eg in examples for t in eg.predicted if t.is_alpha}
+    state = ner.training_state()
+    ner.distant_loss.lower_share = None
+    ner.load_training_state(state)
+    assert ner.distant_loss.lower_share == table
+
+
 def test_update_routes_gradient_to_assigned_expert(nlp):
     ner = add_ner(nlp, 3)
     examples = make_examples(nlp)

@@ -85,11 +85,17 @@ def test_train_is_spacy_train(corpus, tmp_path):
     assert not list(ours.glob(".*"))  # no partial or old folder left
 
 
-@pytest.mark.parametrize("config,kill_at", [("cnn", 16), ("cnn", 24), ("minilm", 16),
-                                            ("minilm_fast", 16)])
-def test_resumed_run_ends_like_the_uninterrupted_one(corpus, tmp_path, tiny_bert, config, kill_at):
-    """minilm_fast: bucketed batches (re-read when the epoch is resumed) and frozen weights."""
+PROPER_O = ("--components.bond_moe_ner.distant_loss",
+            '{"@misc":"spacy-bond-moe.cross_entropy.v2","uncertain_o":"proper"}')
+
+
+@pytest.mark.parametrize("config,kill_at,loss", [("cnn", 16, ()), ("cnn", 24, ()), ("minilm", 16, ()),
+                                                 ("minilm_fast", 16, ()), ("cnn", 8, PROPER_O)])
+def test_resumed_run_ends_like_the_uninterrupted_one(corpus, tmp_path, tiny_bert, config, kill_at, loss):
+    """minilm_fast: bucketed batches (re-read when the epoch is resumed) and frozen weights;
+    PROPER_O: the distant loss's casing table (training-only state) is resumed in stage I."""
     extra = ("--paths.transformer", str(tiny_bert)) if config.startswith("minilm") else ()
+    extra += loss
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     proc = run(command(corpus, whole, config, extra))
     assert proc.returncode == 0, proc.stderr[-2000:]

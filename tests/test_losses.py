@@ -127,3 +127,23 @@ uncertain_o = "titlecase"
         registry.resolve(cfg)
     cfg["loss"]["uncertain_o"] = "capitalised"
     assert registry.resolve(cfg)["loss"].uncertain_o == "capitalised"
+
+
+def test_proper_o_uses_the_corpus_casing():
+    nlp = spacy.blank("en")
+    corpus = [nlp("SOCCER - Results from Taunton"), nlp("soccer results are in"), nlp("in Taunton .")]
+    loss = build_cross_entropy_v2(uncertain_o="proper")
+    doc = corpus[0]
+    ids, mask = numpy.zeros(len(doc), dtype="int64"), numpy.ones(len(doc), dtype=bool)
+    with pytest.raises(ValueError, match="initialize"):
+        loss.supervised(ids, mask, doc)
+    loss.initialize(corpus)
+    assert [t.text for t, m in zip(doc, loss.supervised(ids, mask, doc)) if not m] == ["Taunton"]
+    # "soccer" is lower case in 1 of 2: with max_lower_share 0.5 it is a name too
+    loose = build_cross_entropy_v2(uncertain_o="proper", max_lower_share=0.5)
+    loose.load_state(loss.state())  # the table travels with the training state
+    assert loose.lower_share == loss.lower_share
+    assert [t.text for t, m in zip(doc, loose.supervised(ids, mask, doc)) if not m] == [
+        "SOCCER", "Results", "Taunton"]
+    with pytest.raises(ValueError, match="max_lower_share"):
+        build_gce_v2(uncertain_o="proper", max_lower_share=1.0)
