@@ -341,7 +341,7 @@ def corpus_scale_section(data: Optional[Dict[str, Any]], bounded: Optional[Dict[
              f"{r.get('workers_seen', '?')} of {r['workers']}"] for r in data["rows"]]
     lines += table(["task", "lines", "engine", "wall s", "docs/s", "busy docs/s per worker",
                     "setup s per worker", "peak RSS tree MB", "largest process MB", "processes",
-                    "workers that ran shards"], rows) + [""]
+                    "workers that ran shards (all passes)"], rows) + [""]
     idle = [f"{r['task']} {r['lines']:,} {r['engine']}" for r in data["rows"]
             if r.get("workers_seen", r["workers"]) < r["workers"]]
     if idle:
