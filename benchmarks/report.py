@@ -264,6 +264,41 @@ def seqeval_section(data: Optional[Dict[str, Any]]) -> List[str]:
                           "seqeval P/R/F1", "F1 difference"], rows) + [""]
 
 
+def uncertain_o_section(data: Optional[Dict[str, Any]], runs: List[Run]) -> List[str]:
+    """Which distant O labels each `uncertain_o` mode unsupervises (benchmarks/uncertain_o_coverage.py),
+    and the own-label runs with and without it."""
+    lines = ["## Missed names left unsupervised (`uncertain_o`), CoNLL03", ""]
+    if data is None:
+        return lines + [NOT_RUN, ""]
+    lines += [f"`{data['command']}` → `{data['_file']}` (commit {short_commit(data)}): of the train tokens "
+              "whose distant label is O, the gold entity tokens (missed by the labels) and the true O "
+              "tokens that each mode of the distant loss leaves unsupervised in stage I (the package's "
+              "own `DistantLoss.supervised`; gold train labels used for this count only).", ""]
+    rows = []
+    for labels, r in data["labels"].items():
+        for mode in ("capitalised", "proper"):
+            m = r[mode]
+            rows.append([f"`{labels}`", f"`{mode}`", f"{r['missed_entity_tokens']:,} of {r['distant_o_tokens']:,}",
+                         fmt_num(100 * m["missed_unsupervised_share"]), fmt_num(100 * m["true_o_unsupervised_share"]),
+                         fmt_num(100 * m["entity_share_of_unsupervised"])])
+    lines += table(["labels", "mode", "missed entity tokens among distant O", "missed unsupervised %",
+                    "true O unsupervised %", "entities among the unsupervised %"], rows) + [""]
+    rows = []
+    for system in ("bond", "bond_uncertain_o", "bond_proper_o"):
+        for r in sorted((r for r in runs if r["dataset"] == "conll03_kb" and r["system"] == system),
+                        key=lambda r: r["seed"]):
+            best = r["eval_at_best"]
+            per_type = ", ".join(f"{t} {fmt_num(100 * best['per_type'][t]['p'])}/{fmt_num(100 * best['per_type'][t]['r'])}"
+                                 for t in sorted(best["per_type"]))
+            rows.append([f"`{system}`", str(r["seed"]), fmt_num(100 * r["dev_at_best"]["f"]), str(r["dev_best_step"]),
+                         "/".join(fmt_num(100 * best[k]) for k in "prf"), per_type])
+    if rows:
+        lines += ["K=1 BOND on our own KB labels (`conll03_kb`), with the distant O labels all supervised "
+                  "(`bond`) or not where a mode says so; test P/R/F1 at the dev-best step:", ""]
+        lines += table(["system", "seed", "dev F1", "dev-best step", "test P/R/F1", "test P/R per type"], rows) + [""]
+    return lines
+
+
 def kb_loop_section(data: Optional[Dict[str, Any]]) -> List[str]:
     """The label -> train -> suggest-kb -> relabel -> train loop once on CoNLL03
     (benchmarks/kb_loop.py): label quality and model F1 before and after the suggestions."""
@@ -973,7 +1008,8 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
                  resume: Optional[Dict[str, Any]] = None,
                  corpus_scale: Optional[Dict[str, Any]] = None,
                  kb_loop: Optional[Dict[str, Any]] = None,
-                 corpus_scale_bounded: Optional[Dict[str, Any]] = None) -> str:
+                 corpus_scale_bounded: Optional[Dict[str, Any]] = None,
+                 uncertain_o: Optional[Dict[str, Any]] = None) -> str:
     """The markdown text of RESULTS.md (writes the PNGs under `plots` as a side effect)."""
     main, other, caps = split_by_cap(runs)
     selected = {r["_file"] for group in main.values() for r in group}
@@ -1068,6 +1104,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     lines += reliability_section(kills, resume)
     lines += corpus_scale_section(corpus_scale, corpus_scale_bounded)
     lines += kb_loop_section(kb_loop)
+    lines += uncertain_o_section(uncertain_o, runs)
 
     # Speed / memory
     lines += ["## Speed and memory (per run)", "",
@@ -1182,7 +1219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         resume=load_extra(args.results, "resume_check__webpage__bond.json"),
                         corpus_scale=load_extra(args.results, "scale.json"),
                         kb_loop=load_extra(args.results, "kb_loop__conll03.json"),
-                        corpus_scale_bounded=load_extra(args.results, "scale_minilm_bounded.json"))
+                        corpus_scale_bounded=load_extra(args.results, "scale_minilm_bounded.json"),
+                        uncertain_o=load_extra(args.results, "uncertain_o_coverage.json"))
     write_text_atomic(out, text + "\n")
     print(f"wrote {out} ({len(runs)} runs)")
     return 0

@@ -842,3 +842,22 @@ def test_scale_bench_measures_a_real_sharded_run_and_reports_it(tmp_path):
     assert section.count("| distant | dask2 |") == 1  # one extrapolation row: the large input, 2 workers
     # one worker labelled every shard (costs come from a 1-process run): the table says so
     assert "| 1 of 2 |" in section and "distant 1,000 dask2" in section.split("fewer workers ran shards")[1]
+
+
+def test_report_uncertain_o_section():
+    report = load_module("report")
+    mode = {"unsupervised_tokens": 15, "missed_unsupervised_share": 0.9, "true_o_unsupervised_share": 0.04,
+            "entity_share_of_unsupervised": 0.6}
+    data = {"_file": "uncertain_o_coverage.json", "command": "python benchmarks/uncertain_o_coverage.py",
+            "git": {"commit": "abcdef0123456"},
+            "labels": {"conll03_kb": {"distant_o_tokens": 1000, "missed_entity_tokens": 50,
+                                      "capitalised": mode, "proper": {**mode, "true_o_unsupervised_share": 0.02}}}}
+    best = {"p": 0.5, "r": 0.7, "f": 0.5833, "per_type": {"PER": {"p": 0.6, "r": 0.9, "f": 0.72}}}
+    runs = [{"dataset": "conll03_kb", "system": "bond_proper_o", "seed": 0, "dev_at_best": {"f": 0.678},
+             "dev_best_step": 2100, "eval_at_best": best},
+            {"dataset": "conll03", "system": "bond_proper_o", "seed": 0}]  # another dataset: left out
+    text = "\n".join(report.uncertain_o_section(data, runs))
+    assert "| `conll03_kb` | `proper` | 50 of 1,000 | 90.0 | 2.0 | 60.0 |" in text
+    assert "| `bond_proper_o` | 0 | 67.8 | 2100 | 50.0/70.0/58.3 | PER 60.0/90.0 |" in text
+    assert text.count("| `bond_proper_o` |") == 1
+    assert report.uncertain_o_section(None, runs)[-2] == report.NOT_RUN
