@@ -4,8 +4,8 @@ registered distant-label losses, and the token NLL that the E-step costs are mad
 Gradients are returned with respect to the expert's *logits* (thinc's Softmax
 convention), so the expert heads pass them straight to their linear layer.
 """
-from dataclasses import dataclass, field
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Literal, Optional, Sequence, Tuple, Union
 
 import numpy
@@ -139,6 +139,7 @@ class DistantLoss:
         return {"lower_share": self.lower_share}
 
     def load_state(self, state: Dict[str, Any]) -> None:
+        """Restore what `state` returned."""
         self.lower_share = state.get("lower_share")
 
     def supervised(
