@@ -180,7 +180,8 @@ class BondMoENER(TrainablePipe):
             "expert_prior": [1.0 / n_experts] * n_experts,
         }
         self.router = em.Router(n_experts, assigner or em.build_sinkhorn_assigner_v1())
-        self.teacher = Teacher(pseudo_labeller or build_soft_pseudo_labels_v1(), self.combine)
+        self.teacher = Teacher(pseudo_labeller or build_soft_pseudo_labels_v1(), self.combine,
+                               self._encode)
         self.distant_loss = distant_loss or build_cross_entropy_v1()
         self.label_filter = label_filter
         self.kept_labels: Dict[str, numpy.ndarray] = {}
@@ -271,13 +272,18 @@ class BondMoENER(TrainablePipe):
         (`architectures.predict_in_length_groups`, at most `predict_tokens` padded tokens),
         with the encoder's int8 copy when `inference` is "int8"."""
         docs = list(docs)
+        if self._inference == "int8" and any(len(doc) for doc in docs):
+            with self._int8.swapped_in(self.model):
+                return self._encode(self.model, docs)
+        return self._encode(self.model, docs)
+
+    def _encode(self, model: Model, docs: List[Doc]) -> List[Floats3d]:
+        """fp32 (n_tokens, K, C) probabilities of `model` (the student, or the teacher's
+        copy) in length groups: the encoding shared by `predict` and the corpus passes."""
         if not any(len(doc) for doc in docs):
             n_tags = len(self.tags)
-            return [self.model.ops.alloc3f(len(doc), self.n_experts, n_tags) for doc in docs]
-        if self._inference == "int8":
-            with self._int8.swapped_in(self.model):
-                return predict_in_length_groups(self.model, docs, self.predict_tokens)
-        return predict_in_length_groups(self.model, docs, self.predict_tokens)
+            return [model.ops.alloc3f(len(doc), self.n_experts, n_tags) for doc in docs]
+        return predict_in_length_groups(model, docs, self.predict_tokens)
 
     def combine(self, probs: Floats3d) -> numpy.ndarray:
         """Mixture over experts of one document's (n, K, C) probabilities -> (n, C)."""
@@ -407,7 +413,7 @@ class BondMoENER(TrainablePipe):
         """Per-document (targets, mask): the teacher's pseudo-labels once it is active,
         else the distant labels the label filter kept (O-dropped when training)."""
         if self.teacher.active:
-            return self.teacher.targets_for(examples, len(self.tags))
+            return self.teacher.targets_for(examples)
         n_tags = len(self.tags)
         tag_ids = {tag: i for i, tag in enumerate(self.tags)}
         output = []
@@ -461,10 +467,7 @@ class BondMoENER(TrainablePipe):
         rows: List[numpy.ndarray] = []
         has_entity: List[bool] = []
         for batch_keys, batch in self._corpus_batches(examples, nlp, batch_size):
-            # one encoder call per length-sorted batch, as in 0.1: finer length groups would
-            # change the E-step's float noise, hence training (`predict` groups at inference)
-            docs = [eg.predicted for eg in batch]
-            probs = self.model.predict(docs) if any(len(d) for d in docs) else self.predict(docs)
+            probs = self._encode(self.model, [eg.predicted for eg in batch])
             for p, (q, mask) in zip(probs, self.targets(batch)):
                 nll = token_nll(self.model.ops.to_numpy(p), q)  # (n, K)
                 n_kept = int(mask.sum())

@@ -18,6 +18,7 @@ from .tags import blank_mask
 Targets = Tuple[numpy.ndarray, numpy.ndarray]  # (n, C) float32 distributions, (n,) bool mask
 # (n, C) teacher mixture, (C,) corpus class frequencies -> targets and keep mask
 PseudoLabeller = Callable[[numpy.ndarray, numpy.ndarray], Targets]
+Encode = Callable[[Model, List[Doc]], List[Floats3d]]
 
 
 def _torch_modules(model: Model):
@@ -102,12 +103,15 @@ class Teacher:
     """The self-training state: frozen model, corpus class frequencies, cached targets.
 
     combine (Callable): one document's (n, K, C) expert probabilities -> (n, C) mixture.
+    encode (Callable): (model, docs) -> each doc's (n, K, C) probabilities under `model`.
     Never serialised; inactive until the first `snapshot`.
     """
 
-    def __init__(self, labeller: PseudoLabeller, combine: Callable[[Floats3d], numpy.ndarray]) -> None:
+    def __init__(self, labeller: PseudoLabeller, combine: Callable[[Floats3d], numpy.ndarray],
+                 encode: Encode) -> None:
         self.labeller = labeller
         self.combine = combine
+        self.encode = encode
         self.model: Optional[Model] = None
         self.freq: Optional[numpy.ndarray] = None
         self.targets: Dict[str, Targets] = {}
@@ -150,11 +154,10 @@ class Teacher:
         self.targets = {str(key): (numpy.asarray(t["q"]), numpy.asarray(t["keep"], dtype=bool))
                         for key, t in state["targets"].items()}
 
-    def mixtures(self, docs: List[Doc], n_tags: int) -> List[numpy.ndarray]:
+    def mixtures(self, docs: List[Doc]) -> List[numpy.ndarray]:
+        """Each document's (n, C) mixture under the teacher."""
         assert self.model is not None
-        if not any(len(doc) for doc in docs):
-            return [numpy.zeros((0, n_tags), dtype="float32") for _ in docs]
-        return [self.combine(p) for p in self.model.predict(docs)]
+        return [self.combine(p) for p in self.encode(self.model, docs)]
 
     def snapshot(
         self, student: Model, batches: Iterable[Tuple[List[str], List[Doc]]], n_tags: int,
@@ -172,7 +175,7 @@ class Teacher:
         blanks: List[numpy.ndarray] = []
         for batch_keys, docs in batches:
             keys.extend(batch_keys)
-            mixtures.extend(self.mixtures(docs, n_tags))
+            mixtures.extend(self.mixtures(docs))
             blanks.extend(blank_mask(doc) for doc in docs)
         tokens = [m[~blank] for m, blank in zip(mixtures, blanks)]  # blank tokens: not counted
         all_tokens = numpy.concatenate(tokens) if tokens else numpy.zeros((0, n_tags))
@@ -199,7 +202,7 @@ class Teacher:
         q, keep = self.labeller(mixture, self.freq)
         return q, keep & ~blank
 
-    def targets_for(self, examples: Sequence[Example], n_tags: int) -> List[Targets]:
+    def targets_for(self, examples: Sequence[Example]) -> List[Targets]:
         """Per-document targets: cached at the last snapshot, else predicted now (documents
         outside the snapshot corpus, or re-tokenised since)."""
         output: List[Optional[Targets]] = []
@@ -213,6 +216,6 @@ class Teacher:
                 missing.append(i)
         if missing:
             docs = [examples[i].predicted for i in missing]
-            for i, doc, mixture in zip(missing, docs, self.mixtures(docs, n_tags)):
+            for i, doc, mixture in zip(missing, docs, self.mixtures(docs)):
                 output[i] = self.pseudo_labels(mixture, blank_mask(doc))
         return output  # type: ignore[return-value]

@@ -418,7 +418,7 @@ def test_blank_tokens_in_training_estep_and_teacher(trained_blank_nlp):
         teacher_loss, _ = ner.get_loss([eg], scores)
         assert numpy.isfinite(teacher_loss)
     finally:  # the module's pipeline is shared by the other tests
-        ner.teacher = Teacher(teacher.labeller, ner.combine)
+        ner.teacher = Teacher(teacher.labeller, ner.combine, teacher.encode)
 
 
 @pytest.mark.parametrize("inner", ["reduce_first.v1", "reduce_last.v1", "reduce_max.v1",
@@ -523,6 +523,55 @@ def test_length_groups_draw_from_the_global_random_stream_like_one_call(trained_
     ner.predict(docs)
     assert random.random() == expected
     ner.predict_tokens = 512
+
+
+def test_corpus_passes_encode_in_length_groups_like_predict(trained_blank_nlp, monkeypatch):
+    """E-step and teacher passes encode in groups of at most `predict_tokens` padded tokens
+    (never a corpus batch padded to its longest doc) and score what `predict` gives."""
+    from thinc.api import Model
+
+    from spacy_bond_moe.losses import token_nll
+
+    nlp = trained_blank_nlp
+    ner = nlp.get_pipe("bond_moe_ner")
+    texts = ["Paris .", "Mary met John in Rome . " * 6, "I like London and Berlin .", "Bob ."]
+    corpus = []
+    for text in texts:
+        ref = nlp.make_doc(text)
+        ref.set_ents([ref.char_span(0, 5, label="LOC")] if text.startswith("Paris") else [],
+                     default="outside")
+        corpus.append(Example(nlp.make_doc(text), ref))
+    alone = {doc_key(eg.reference): ner.predict([eg.predicted])[0] for eg in corpus}
+    calls = []
+    predict = Model.predict
+
+    def recording(model, docs):
+        if model is ner.model or model is ner.teacher.model:
+            calls.append([len(doc) for doc in docs])
+        return predict(model, docs)
+
+    monkeypatch.setattr(Model, "predict", recording)
+    ner.predict_tokens = 8
+    teacher = ner.teacher
+    try:
+        keys, costs, _ = ner.expert_costs(corpus, nlp=nlp)
+        targets = {doc_key(eg.reference): t for eg, t in zip(corpus, ner.targets(corpus))}
+        for key, row in zip(keys, costs):
+            q, mask = targets[key]
+            expected = token_nll(alone[key], q)[mask].mean(axis=0)
+            assert numpy.allclose(row, expected, atol=1e-5)
+        ner.teacher = Teacher(teacher.labeller, ner.combine, teacher.encode)
+        ner.snapshot_teacher(corpus, nlp=nlp, step=1)
+        for eg in corpus:
+            q, _ = ner.teacher.targets[doc_key(eg.reference)]
+            expected, _ = ner.teacher.pseudo_labels(ner.combine(alone[doc_key(eg.reference)]),
+                                                    numpy.zeros(len(eg.predicted), dtype=bool))
+            assert numpy.allclose(q.astype("float32"), expected, atol=1e-2)  # cached as float16
+    finally:  # the module's pipeline is shared by the other tests
+        ner.teacher = teacher
+        ner.predict_tokens = 512
+    assert calls and all(len(c) == 1 or len(c) * max(c) <= 8 for c in calls), calls
+    assert sorted(n for c in calls for n in c) == sorted([len(eg.predicted) for eg in corpus] * 2)
 
 
 def test_decoding_never_puts_a_blank_token_inside_an_entity(nlp):

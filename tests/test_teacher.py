@@ -76,7 +76,7 @@ def test_student_trains_on_teacher_targets():
         nlp.update(examples, sgd=optimizer)
     ner.snapshot_teacher(examples, nlp=nlp, step=10)
     targets = ner.targets(examples)
-    ner_teacher, ner.teacher = ner.teacher, Teacher(ner.teacher.labeller, ner.combine)
+    ner_teacher, ner.teacher = ner.teacher, Teacher(ner.teacher.labeller, ner.combine, ner.teacher.encode)
     distant = ner.targets(examples)
     ner.teacher = ner_teacher
     # Teacher targets are soft distributions with a confidence mask, not the distant one-hots.
@@ -118,7 +118,7 @@ def test_teacher_object_lifecycle():
     """Inactive until the first snapshot; class frequencies over the corpus; blank tokens
     never kept; hard labels keep every other token."""
     nlp, ner, examples, _ = build(CNN)
-    teacher = Teacher(build_hard_pseudo_labels_v1(), ner.combine)
+    teacher = Teacher(build_hard_pseudo_labels_v1(), ner.combine, ner.teacher.encode)
     assert not teacher.active and teacher.age(5) is None
     doc = nlp.make_doc("Paris is\n\nbig .")
     batches = [(["a", "b"], [examples[0].predicted, doc])]
