@@ -121,7 +121,9 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
     lines += [f"`{speed['command']}` → `{speed['_file']}` (commit {(speed.get('git') or {}).get('commit', '?')[:10]}): "
               "one child process per variant on the same machine, batches of 16 sentences from each "
               "config's batcher over the same seeded shuffles, no E-step/teacher during the timed steps; "
-              "inference = `spacy benchmark speed` on the dev split (and in-process `nlp.pipe`); "
+              "inference = `spacy benchmark speed` on the dev split (batch size "
+              f"{((speed.get('settings') or {}).get('spacy_benchmark') or {}).get('batch_size', '?')}) "
+              "and in-process `nlp.pipe` (the pipeline's batch size); "
               "`_before` = configs/bond_moe_paper.cfg (random batches, word-piece table trained); "
               "padding = tokens after padding each batch to its longest / tokens; corpus passes in "
               "words/s over the training set, next to `nlp.pipe` over the same texts.", ""]
@@ -159,7 +161,8 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
                   f"{raw['forward_batch']}), forward+backward {raw['train']['words_per_s']:.0f} words/s "
                   "on the variants' training batches (no optimizer).", ""]
     references = [(k, v) for k, v in (speed.get("ratios") or {}).items()
-                  if k.endswith(("_over_raw_encoder", "_over_spacy_ner", "_over_bound"))]
+                  if k.endswith(("_over_raw_encoder", "_over_spacy_ner", "_over_bound"))
+                  or k.startswith("spacy_benchmark_over_pipe_")]
     if references:
         lines += table(["ratio to a reference", "value"],
                        [[f"`{k}`", fmt_num(v, 3)] for k, v in references]) + [""]

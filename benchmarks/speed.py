@@ -422,7 +422,8 @@ def _get(results: Dict[str, Any], variant: str, *path: str) -> Optional[float]:
 
 
 def compute_ratios(results: Dict[str, Any]) -> Dict[str, Optional[float]]:
-    """K=3 / K=1 ratios of training and inference words/s (None where a variant is missing)."""
+    """Ratios of training and inference words/s: K=3 / K=1, to the references, corpus passes
+    and `spacy benchmark speed` to nlp.pipe (None where a variant is missing)."""
     out: Dict[str, Optional[float]] = {}
     for k3 in ("k3_shared", "k3_separate"):
         out[f"train_wps_{k3}_over_k1"] = ratio(_get(results, k3, "train", "words_per_s"),
@@ -452,6 +453,11 @@ def compute_ratios(results: Dict[str, Any]) -> Dict[str, Optional[float]]:
                     _get(results, ref, "train", "words_per_s"))
                 out[f"pipe_wps_{variant}_over_{ref}"] = ratio(
                     _get(results, variant, "pipe_words_per_s"), _get(results, ref, "pipe_words_per_s"))
+    for variant in results:  # `spacy benchmark speed` against nlp.pipe, both over the dev split
+        if _get(results, variant, "spacy_benchmark", "words_per_s") is not None:
+            out[f"spacy_benchmark_over_pipe_{variant}"] = ratio(
+                _get(results, variant, "spacy_benchmark", "words_per_s"),
+                _get(results, variant, "pipe_words_per_s"))
     if "raw_encoder" in results:
         out["raw_forward_over_bound"] = ratio(_get(results, "raw_encoder", "pipe_words_per_s"),
                                               _get(results, "raw_encoder", "bound_forward_words_per_s"))
@@ -518,14 +524,15 @@ def run_variant(name: str, args: argparse.Namespace, work: Path) -> Dict[str, An
         result["spacy_benchmark"] = None
     else:
         bench = [sys.executable, "-m", "spacy", "benchmark", "speed", str(model_dir), str(args.dev),
-                 "--batches", str(args.bench_batches), "--warmup", str(args.bench_warmup),
-                 "--batch-size", str(args.bench_batch_size)]
+                 "--batches", str(args.bench_batches), "--warmup", str(args.bench_warmup)]
+        if args.bench_batch_size:
+            bench += ["--batch-size", str(args.bench_batch_size)]
         if args.threads:
             env = {**env, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         code, wall, rss, output = run_process(bench, env, work / f"{name}.bench.log")
         bench_result: Dict[str, Any] = {
             "command": shlex.join(["python", *bench[1:3], *bench[3:5], "MODEL_DIR", *bench[6:]]),
-            "batches": args.bench_batches, "batch_size": args.bench_batch_size,
+            "batches": args.bench_batches, "batch_size": args.bench_batch_size or "nlp.batch_size",
             "warmup_epochs": args.bench_warmup, "wall_s": wall, "peak_rss_mb": rss}
         try:
             if code != 0:
@@ -590,7 +597,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--bench-batches", type=int, default=SPACY_BENCH_MIN_BATCHES,
                    help=f"spacy benchmark speed --batches (>= {SPACY_BENCH_MIN_BATCHES})")
-    p.add_argument("--bench-batch-size", type=int, default=32, help="spacy benchmark speed --batch-size")
+    p.add_argument("--bench-batch-size", type=int, default=0,
+                   help="spacy benchmark speed --batch-size (0: the pipeline's nlp.batch_size, as "
+                        "nlp.pipe uses)")
     p.add_argument("--bench-warmup", type=int, default=1,
                    help="spacy benchmark speed --warmup (epochs over dev)")
     p.add_argument("--no-spacy-benchmark", action="store_true",
@@ -665,7 +674,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      "batch_sentences": BATCH_SENTENCES, "pipe_repeats": args.pipe_repeats,
                      "threads": args.threads or "torch default",
                      "spacy_benchmark": None if args.no_spacy_benchmark else {
-                         "batches": args.bench_batches, "batch_size": args.bench_batch_size,
+                         "batches": args.bench_batches,
+                         "batch_size": args.bench_batch_size or "nlp.batch_size",
                          "warmup_epochs": args.bench_warmup}},
         "notes": {
             "train": "words/s = tokens of the timed batches / seconds of the timed nlp.update calls "

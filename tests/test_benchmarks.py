@@ -304,7 +304,8 @@ def test_report_speed_section(tmp_path):
         "bound_train_words_per_s": 651.0, "pipe_words_per_s_runs": [1100.0, 1148.0, 1200.0],
         "forward_words_per_s": {"median": 1148.0, "min": 1100.0, "max": 1200.0}, "forward_batch": 64}
     speed["ratios"] = {"train_wps_k1_over_raw_encoder": 1.25, "raw_forward_over_bound": 0.588,
-                       "train_wps_k3_shared_over_k1": 0.833}
+                       "train_wps_k3_shared_over_k1": 0.833, "spacy_benchmark_over_pipe_k1": 0.97}
+    speed["settings"] = {"spacy_benchmark": {"batch_size": "nlp.batch_size"}}
     (results / "speed__webpage__minilm.json").write_text(json.dumps(speed))
     section = report_section(results, "## Speed and memory of the K experts", "## Speed and memory (per run)")
     assert ("matmul 58.0 GFLOP/s at (2048, 384, 1536); 1.40 word-pieces per word (specials included) "
@@ -313,6 +314,8 @@ def test_report_speed_section(tmp_path):
     assert "forward 1148 words/s (median of 3, 1100–1200;" in section
     assert "| `train_wps_k1_over_raw_encoder` | 1.250 |" in section
     assert "| `raw_forward_over_bound` | 0.588 |" in section
+    assert "| `spacy_benchmark_over_pipe_k1` | 0.970 |" in section
+    assert "`spacy benchmark speed` on the dev split (batch size nlp.batch_size)" in section
     assert "`train_wps_k3_shared_over_k1` | 0.833 |" not in section  # not a reference ratio
     del speed["variants"]["raw_encoder"], speed["ratios"]
     # A failed variant is shown as failed, a target without a value as not measured.

@@ -127,6 +127,9 @@ def test_speed_script_spacy_benchmark(toy_corpus, tmp_path):
     assert positive(bench["words_per_s"]) and positive(bench["peak_rss_mb"])
     assert bench["ci95_low"] <= bench["words_per_s"] <= bench["ci95_high"]
     assert bench["batches"] == 30 and bench["batch_size"] == 2
+    assert "--batch-size 2" in bench["command"]
+    assert data["ratios"]["spacy_benchmark_over_pipe_k1"] == pytest.approx(
+        bench["words_per_s"] / res["pipe_words_per_s"])
     assert data["ratios"]["train_wps_k3_shared_over_k1"] is None  # k3 not run
 
 
@@ -187,6 +190,9 @@ def test_ratios_and_targets():
     ratios = speed.compute_ratios(results)
     assert ratios["train_wps_k3_shared_over_k1"] == pytest.approx(0.95)
     assert ratios["infer_wps_k3_shared_over_k1"] == pytest.approx(0.85)
+    assert ratios["spacy_benchmark_over_pipe_k1"] == pytest.approx(1.2)
+    assert ratios["spacy_benchmark_over_pipe_k3_shared"] == pytest.approx(510.0 / 450.0)
+    assert "spacy_benchmark_over_pipe_k3_separate" not in ratios
     assert ratios["train_wps_k3_separate_over_k1"] is None
     targets = speed.check_targets(results, ratios)
     assert targets["train_wps_k3_shared_over_k1"]["met"] is True
@@ -201,6 +207,7 @@ def test_cli_validation(toy_corpus):
     args = speed.parse_args(base + ["--variants", "k3_shared,k1"])
     assert args.variant_list == ["k3_shared", "k1"] and args.config.name == "minilm.cfg"
     assert args.steps == 50 and args.warmup == 3 and args.bench_batches == 30
+    assert args.bench_batch_size == 0  # the pipeline's own batch size, as nlp.pipe uses
     assert speed.parse_args(base + ["--variants", "k1,k1_before"]).variant_list == ["k1", "k1_before"]
     for bad in (["--variants", "k2"], ["--bench-batches", "20"], ["--steps", "0"],
                 ["--config", "nope.cfg"]):
