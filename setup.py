@@ -50,6 +50,8 @@ setup(
             "spacy_bond_moe.architectures:build_case_aware_tok2vec_v1",
             "spacy-bond-moe.FrozenTorchParams.v1 = "
             "spacy_bond_moe.architectures:build_frozen_torch_params_v1",
+            "spacy-bond-moe.LengthGroupedTok2Vec.v1 = "
+            "spacy_bond_moe.architectures:build_length_grouped_tok2vec_v1",
         ],
         "thinc_layers": [
             "spacy-bond-moe.empty_safe_pooling.v1 = "

@@ -5,6 +5,7 @@ from .architectures import (
     build_empty_safe_pooling_v1,
     build_expert_heads,
     build_frozen_torch_params_v1,
+    build_length_grouped_tok2vec_v1,
     build_moe_tagger_v1,
 )
 from .batching import configure_length_buckets_v1, length_buckets
@@ -29,6 +30,7 @@ __all__ = [
     "build_empty_safe_pooling_v1",
     "build_case_aware_tok2vec_v1",
     "build_frozen_torch_params_v1",
+    "build_length_grouped_tok2vec_v1",
     "configure_length_buckets_v1",
     "length_buckets",
     "create_em_schedule",

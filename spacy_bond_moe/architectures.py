@@ -128,21 +128,33 @@ def predict_in_length_groups(model: Model, docs: List[Doc], budget: int) -> List
     padding (a listener encoder, bound to its upstream batch, gets the docs at once)."""
     if _is_listener(model.layers[0]):
         return model.predict(docs)
-    # spacy-transformers draws from Python's global `random` once per forward pass
-    # (`maybe_flush_pytorch_cache`), which also shuffles spaCy's training batches: leave the
-    # stream as one call would (as after the first group that drew), so that how a batch is
-    # split never changes a training run.
     output: List[Optional[Floats3d]] = [None] * len(docs)
+    groups = length_groups([len(doc) for doc in docs], budget)
+    for group, probs in _in_groups(docs, groups, model.predict):
+        for i, p in zip(group, probs):
+            output[i] = p
+    return output  # type: ignore[return-value]
+
+
+def _in_groups(
+    docs: List[Doc], groups: List[List[int]], call: Callable[[List[Doc]], Any]
+) -> List[Tuple[List[int], Any]]:
+    """`call` on the docs of each group (`length_groups`): (indices, result) per group.
+
+    spacy-transformers draws from Python's global `random` once per forward pass
+    (`maybe_flush_pytorch_cache`), which also shuffles spaCy's training batches: the stream
+    is left as one call would leave it (as after the first group that drew), so that how a
+    batch is split never changes a training run."""
+    results = []
     after_one_call = None
-    for group in length_groups([len(doc) for doc in docs], budget):
+    for group in groups:
         before = random.getstate() if after_one_call is None else None
-        for i, probs in zip(group, model.predict([docs[i] for i in group])):
-            output[i] = probs
+        results.append((group, call([docs[i] for i in group])))
         if before is not None and random.getstate() != before:
             after_one_call = random.getstate()
     if after_one_call is not None:
         random.setstate(after_one_call)
-    return output  # type: ignore[return-value]
+    return results
 
 
 class Int8Encoders:
@@ -514,3 +526,56 @@ def frozen_forward(
     if is_train:
         _freeze(model)
     return model.layers[0](docs, is_train)
+
+
+@registry.architectures("spacy-bond-moe.LengthGroupedTok2Vec.v1")
+def build_length_grouped_tok2vec_v1(
+    tok2vec: Model[List[Doc], List[Floats2d]],
+    tokens: int = 1024,
+) -> Model[List[Doc], List[Floats2d]]:
+    """`tok2vec` called once per group of similar length within each training batch (at
+    most `tokens` padded tokens a group, `length_groups`) and backpropagated group by
+    group: the same batches and the same gradient as one call (float noise and dropout
+    draws aside), without padding every sentence to the batch's longest. Prediction
+    passes through (`predict` groups already). Inline encoders only, not listeners."""
+    require_int("LengthGroupedTok2Vec", "tokens", tokens, 1)
+    if _is_listener(tok2vec):
+        raise ValueError("[LengthGroupedTok2Vec] tok2vec is a listener: its upstream component "
+                         "encodes the whole batch, so there is nothing to group; wrap an inline "
+                         "encoder instead")
+    return Model(
+        "length_grouped_tok2vec",
+        length_grouped_forward,
+        init=length_grouped_init,
+        layers=[tok2vec],
+        dims={"nO": None},
+        attrs={"tokens": tokens},
+    )
+
+
+def length_grouped_init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
+    inner = model.layers[0]
+    inner.initialize(X=X)
+    if inner.has_dim("nO") is True:  # None: the dimension exists but is unset
+        model.set_dim("nO", inner.get_dim("nO"))
+
+
+def length_grouped_forward(
+    model: Model, docs: List[Doc], is_train: bool
+) -> Tuple[List[Floats2d], Callable]:
+    inner = model.layers[0]
+    groups = length_groups([len(doc) for doc in docs], model.attrs["tokens"]) if is_train else []
+    if len(groups) < 2:  # prediction, or a batch that fits one call
+        return inner(docs, is_train)
+    calls = _in_groups(docs, groups, lambda group: inner(group, is_train))
+    vectors: List[Optional[Floats2d]] = [None] * len(docs)
+    for indices, (group_vectors, _) in calls:
+        for i, v in zip(indices, group_vectors):
+            vectors[i] = v
+
+    def backprop(d_vectors: List[Floats2d]) -> List[Doc]:
+        for indices, (_, bp_group) in calls:
+            bp_group([d_vectors[i] for i in indices])
+        return docs
+
+    return vectors, backprop  # type: ignore[return-value]

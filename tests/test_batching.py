@@ -1,8 +1,9 @@
-"""Training speed-ups of the default config: length-bucketed batches and a frozen
-word-piece embedding table."""
+"""Training speed-ups: length-bucketed batches, a frozen word-piece embedding table, and
+length groups within a batch."""
 import random
 from collections import Counter
 
+import numpy
 import pytest
 import spacy
 import torch
@@ -77,13 +78,18 @@ def test_registered_batcher_checks_its_settings():
         make(fill="words")
 
 
-def frozen_nlp(tiny_bert, frozen):
+def wrapped_nlp(tiny_bert, architecture, **settings):
+    """A K=2 pipeline whose tiny-BERT tok2vec is wrapped by `spacy-bond-moe.<architecture>.v1`."""
     nlp = spacy.blank("en")
     nlp.add_pipe("bond_moe_ner", config={"model": {
         "@architectures": "spacy-bond-moe.MoETagger.v1", "n_experts": 2,
-        "tok2vec": {"@architectures": "spacy-bond-moe.FrozenTorchParams.v1", "frozen": frozen,
+        "tok2vec": {"@architectures": f"spacy-bond-moe.{architecture}.v1", **settings,
                     "tok2vec": trf_tok2vec_config(str(tiny_bert))}}})
     return nlp
+
+
+def frozen_nlp(tiny_bert, frozen):
+    return wrapped_nlp(tiny_bert, "FrozenTorchParams", frozen=frozen)
 
 
 def torch_params(nlp):
@@ -123,3 +129,72 @@ def test_a_prefix_that_names_no_parameter_is_refused(tiny_bert):
         nlp.initialize(lambda: make_examples(nlp))
     with pytest.raises(ValueError, match="list of parameter-name prefixes"):
         frozen_nlp(tiny_bert, [])
+
+
+def grouped_nlp(tiny_bert, tokens):
+    return wrapped_nlp(tiny_bert, "LengthGroupedTok2Vec", tokens=tokens)
+
+
+def test_length_grouped_tok2vec_gives_the_gradient_of_one_call(tiny_bert):
+    """Grouping a training batch by length (many encoder calls) gives the outputs and the
+    gradients of one call over the padded batch, and leaves `random` as one call does."""
+    nlp = grouped_nlp(tiny_bert, 1_000_000)
+    examples = make_examples(nlp)
+    nlp.initialize(lambda: examples)
+    ner = nlp.get_pipe("bond_moe_ner")
+    grouped = ner.model.get_ref("tok2vec")
+    module = next(shim._model for node in grouped.walk() for shim in node.shims)
+    for layer in module.modules():  # no dropout: both passes must be comparable
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = 0.0
+        if hasattr(layer, "dropout_prob"):  # SDPA attention's own dropout
+            layer.dropout_prob = 0.0
+    texts = ["Paris .", "Mary met John in Rome and then Berlin , Madrid and London .", "Bob ."] + \
+        [eg.reference.text for eg in examples]
+    docs = [nlp.make_doc(t) for t in texts]
+
+    def step(tokens):
+        grouped.attrs["tokens"] = tokens
+        module.zero_grad()
+        random.seed(7)
+        outputs, backprop = ner.model.begin_update(docs)
+        after = random.random()
+        backprop([ner.model.ops.xp.ones_like(o) * (i + 1) for i, o in enumerate(outputs)])
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        return outputs, grads, after
+
+    one_out, one_grads, one_random = step(1_000_000)
+    out, grads, after = step(12)  # budget of 12 padded tokens: several groups
+    assert len(out) == len(docs) and all(o.shape == p.shape for o, p in zip(out, one_out))
+    assert all(numpy.allclose(o, p, atol=1e-5) for o, p in zip(out, one_out))
+    assert grads.keys() == one_grads.keys() and len(grads) > 10
+    for name, grad in grads.items():
+        assert torch.allclose(grad, one_grads[name], atol=1e-5, rtol=1e-4), name
+    assert after == one_random
+    predicted = ner.predict(docs)  # prediction passes through the wrapper
+    assert all(numpy.allclose(p, o, atol=1e-5) for p, o in zip(predicted, one_out))
+
+
+def test_length_grouped_tok2vec_trains_and_reloads(tiny_bert, tmp_path):
+    nlp = grouped_nlp(tiny_bert, 16)
+    examples = make_examples(nlp)
+    optimizer = nlp.initialize(lambda: examples)
+    losses = {}
+    for _ in range(3):
+        nlp.update(examples, sgd=optimizer, losses=losses)
+    assert losses["bond_moe_ner"] > 0
+    nlp.to_disk(tmp_path / "model")
+    reloaded = spacy.load(tmp_path / "model")
+    assert reloaded.get_pipe("bond_moe_ner").model.get_ref("tok2vec").attrs["tokens"] == 16
+    doc, ref = reloaded(TRAIN_DATA[0][0]), nlp(TRAIN_DATA[0][0])
+    assert [(e.text, e.label_) for e in doc.ents] == [(e.text, e.label_) for e in ref.ents]
+
+
+def test_length_grouped_tok2vec_refuses_bad_settings(tiny_bert):
+    make = registry.architectures.get("spacy-bond-moe.LengthGroupedTok2Vec.v1")
+    with pytest.raises(ValueError, match="tokens must be an integer >= 1"):
+        grouped_nlp(tiny_bert, 0)
+    listener = registry.architectures.get("spacy-transformers.TransformerListener.v1")(
+        grad_factor=1.0, pooling=registry.layers.get("reduce_mean.v1")())
+    with pytest.raises(ValueError, match="is a listener"):
+        make(listener)

@@ -11,7 +11,7 @@ import spacy
 from .conftest import write_toy_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["cnn", "minilm", "bond_moe_paper", "roberta", "spacy_ner_minilm", "spacy_ner_cnn"]
+CONFIGS = ["cnn", "minilm", "minilm_grouped", "bond_moe_paper", "roberta", "spacy_ner_minilm", "spacy_ner_cnn"]
 MISC = ["spacy-bond-moe.transformer_name.v1", "spacy-bond-moe.sinkhorn_assigner.v1",
         "spacy-bond-moe.argmax_assigner.v1", "spacy-bond-moe.soft_pseudo_labels.v1",
         "spacy-bond-moe.hard_pseudo_labels.v1", "spacy-bond-moe.cross_entropy.v1",
@@ -114,7 +114,8 @@ def test_entry_points_declared():
                "spacy_misc", "thinc_layers", "spacy_batchers")}
     assert "bond_moe_ner" in groups["spacy_factories"]
     assert {"spacy-bond-moe.MoETagger.v1", "spacy-bond-moe.CaseAwareTok2Vec.v1",
-            "spacy-bond-moe.FrozenTorchParams.v1"} <= groups["spacy_architectures"]
+            "spacy-bond-moe.FrozenTorchParams.v1", "spacy-bond-moe.LengthGroupedTok2Vec.v1"} <= \
+        groups["spacy_architectures"]
     assert "spacy-bond-moe.length_buckets.v1" in groups["spacy_batchers"]
     assert {"spacy-bond-moe.em_schedule.v1", "spacy-bond-moe.em_schedule.v2"} <= groups["spacy_callbacks"]
     assert "spacy-bond-moe.ConsoleLogger.v1" in groups["spacy_loggers"]
