@@ -4,7 +4,7 @@ One CHILD process per variant (so the peak RSS, from ``os.wait4``, is the varian
 pipeline from the config, initializes it on the training corpus and measures, on batches of the
 config's own batcher over seeded shuffles of the training corpus (the same batches for every
 variant with the same batcher; `padded_over_words` = tokens after padding to each batch's longest
-sentence / tokens):
+sentence / tokens, before any grouping inside the model):
 
 - training throughput: ``--warmup`` untimed, then ``--steps`` timed ``nlp.update`` calls (dropout and
   optimizer of the config; each document routed to its expert, no E-step or teacher in between);
@@ -15,7 +15,9 @@ sentence / tokens):
 - inference words/s with ``nlp.pipe`` over the dev texts (``--pipe-repeats`` timed passes).
 
 Variants ``k1_before`` and ``k3_shared_before`` train with ``configs/bond_moe_paper.cfg`` (random
-batches, the word-piece table trained: the default before issue 18) for before/after ratios.
+batches, the word-piece table trained: the default before issue 18) for before/after ratios;
+``k1_grouped`` and ``k3_shared_grouped`` train the same random batches with ``configs/minilm_grouped.cfg``
+(each batch encoded in length groups), against the same ``_before`` variants.
 References: ``spacy_ner`` is spaCy's own ``ner`` with the same encoder (``configs/spacy_ner_cnn.cfg``
 for a CNN ``--config``, else ``configs/spacy_ner_minilm.cfg``), measured the same way (no corpus
 passes); ``raw_encoder`` is the plain ``transformers`` model of ``--encoder`` alone: the measured
@@ -35,7 +37,7 @@ variant, the K=3/K=1 ratios and the issue's targets is written atomically to
     python benchmarks/speed.py --variants k1_before,k1,k3_shared_before,k3_shared  # issue 18
     python benchmarks/speed.py --variants raw_encoder,spacy_ner,k1,k3_shared     # side by side
 
-Default run (3 + 50 steps, 30 benchmark batches of 32 docs) with MiniLM on an idle 2-core CPU
+Default run (3 + 50 steps, 30 benchmark batches of the pipeline's batch size) with MiniLM on an idle 2-core CPU
 (~1.2 s per step of 16 sentences for K=1): about 2 + 2 + 5.5 min ≈ 10 min; k3_separate runs three
 encoders (~3x the s/step and ~1/3 the inference speed of k1) and dominates. Words are spaCy
 tokenizer tokens (`Corpus` re-tokenizes the text, as `spacy train` and `spacy benchmark` do).
@@ -73,6 +75,9 @@ VARIANTS: Dict[str, Tuple[Optional[str], int, str]] = {
     "k3_separate": (None, 3, "separate"),
     "k1_before": ("configs/bond_moe_paper.cfg", 1, "shared"),
     "k3_shared_before": ("configs/bond_moe_paper.cfg", 3, "shared"),
+    # the `_before` batches (random, table trained) encoded in length groups within each batch
+    "k1_grouped": ("configs/minilm_grouped.cfg", 1, "shared"),
+    "k3_shared_grouped": ("configs/minilm_grouped.cfg", 3, "shared"),
     "spacy_ner": ("spacy_ner", 0, "-"),  # K = 0: not a bond_moe_ner pipeline
     "raw_encoder": ("raw_encoder", 0, "-"),
 }
@@ -87,7 +92,9 @@ TARGETS = {  # the issues' targets
     "infer_wps_k3_shared_over_k1": (">=", 0.9),
     "estep_share_max": ("<=", 0.15),
 }
-REFERENCE_RATIOS = ("k1", "k3_shared", "k1_before", "k3_shared_before")
+REFERENCE_RATIOS = ("k1", "k3_shared", "k1_before", "k3_shared_before", "k1_grouped",
+                    "k3_shared_grouped")
+SPED_UP = ("k1", "k3_shared", "k1_grouped", "k3_shared_grouped")  # each against its `_before`
 SPACY_BENCH_MIN_BATCHES = 30  # `spacy benchmark speed --batches` refuses fewer
 MEAN_RE = re.compile(
     r"Mean:\s*([0-9.]+)\s*words/s\s*\(95% CI:\s*(-?[0-9.]+)\s*\+?(-?[0-9.]+)\)")
@@ -434,10 +441,10 @@ def compute_ratios(results: Dict[str, Any]) -> Dict[str, Optional[float]]:
                                               _get(results, "k1", "pipe_words_per_s"))
         out[f"peak_rss_{k3}_over_k1"] = ratio(_get(results, k3, "peak_rss_mb"),
                                               _get(results, "k1", "peak_rss_mb"))
-    for variant in ("k1", "k3_shared"):
+    for variant in SPED_UP:
         out[f"train_wps_{variant}_over_before"] = ratio(
             _get(results, variant, "train", "words_per_s"),
-            _get(results, f"{variant}_before", "train", "words_per_s"))
+            _get(results, f"{variant.removesuffix('_grouped')}_before", "train", "words_per_s"))
     for variant in ("k3_shared", "k3_separate"):
         out[f"estep_wps_{variant}_over_inference"] = ratio(
             _get(results, variant, "estep_words_per_s"), _get(results, variant, "pipe_train_words_per_s"))
@@ -481,7 +488,7 @@ def check_targets(results: Dict[str, Any], ratios: Dict[str, Optional[float]]) -
     out["infer_wps_k3_shared_over_k1"]["source"] = (
         "spacy benchmark speed" if infer is not None else "nlp.pipe")
     op, limit = TARGETS["train_wps_over_before"]
-    for variant in ("k1", "k3_shared"):
+    for variant in SPED_UP:
         key = f"train_wps_{variant}_over_before"
         out[key] = check(ratios.get(key), op, limit)
     op, limit = TARGETS["corpus_pass_over_inference"]

@@ -200,6 +200,16 @@ def test_ratios_and_targets():
     assert targets["infer_wps_k3_shared_over_k1"]["source"] == "spacy benchmark speed"
     assert targets["estep_share_k3_shared"]["met"] is True
     assert targets["estep_share_k3_separate"]["met"] is None
+    assert targets["train_wps_k1_grouped_over_before"]["met"] is None  # not run
+    results["k1_before"] = {"train": {"words_per_s": 100.0}}
+    results["k1_grouped"] = {"train": {"words_per_s": 170.0}}
+    ratios = speed.compute_ratios(results)
+    assert ratios["train_wps_k1_grouped_over_before"] == pytest.approx(1.7)
+    assert ratios["train_wps_k1_over_before"] == pytest.approx(2.0)
+    targets = speed.check_targets(results, ratios)
+    assert targets["train_wps_k1_grouped_over_before"]["met"] is True
+    assert speed.variant_config("k1_grouped", ROOT / "configs" / "minilm.cfg") == \
+        ROOT / "configs" / "minilm_grouped.cfg"
 
 
 def test_cli_validation(toy_corpus):
