@@ -125,7 +125,8 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
               f"{((speed.get('settings') or {}).get('spacy_benchmark') or {}).get('batch_size', '?')}) "
               "and in-process `nlp.pipe` (the pipeline's batch size); "
               "`_before` = configs/bond_moe_paper.cfg (random batches, word-piece table trained); "
-              "padding = tokens after padding each batch to its longest / tokens; corpus passes in "
+              "padding = tokens after padding each batch to its longest / tokens (the `_grouped` variants "
+              "then encode each batch in length groups); corpus passes in "
               "words/s over the training set, next to `nlp.pipe` over the same texts.", ""]
     rows = []
     for name, v in speed["variants"].items():
