@@ -506,11 +506,16 @@ def _freeze(model: Model) -> None:
             tensor.grad = None
 
 
-def frozen_init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
+def _init_wrapped(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
+    """Initialize a tok2vec wrapper's one inner layer and take over its width."""
     inner = model.layers[0]
     inner.initialize(X=X)
     if inner.has_dim("nO") is True:  # None: the dimension exists but is unset
         model.set_dim("nO", inner.get_dim("nO"))
+
+
+def frozen_init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
+    _init_wrapped(model, X)
     names = [name for name, _ in _torch_params(model)]
     for prefix in model.attrs["frozen"]:
         if not any(name.startswith(prefix) for name in names):
@@ -546,18 +551,13 @@ def build_length_grouped_tok2vec_v1(
     return Model(
         "length_grouped_tok2vec",
         length_grouped_forward,
-        init=length_grouped_init,
+        init=_init_wrapped,
         layers=[tok2vec],
         dims={"nO": None},
         attrs={"tokens": tokens},
     )
 
 
-def length_grouped_init(model: Model, X: Optional[List[Doc]] = None, Y=None) -> None:
-    inner = model.layers[0]
-    inner.initialize(X=X)
-    if inner.has_dim("nO") is True:  # None: the dimension exists but is unset
-        model.set_dim("nO", inner.get_dim("nO"))
 
 
 def length_grouped_forward(
