@@ -231,6 +231,11 @@ SYSTEMS["bond_moe_grouped"] = System(
     "investigation: the default recipe with each training batch encoded in length groups "
     "(configs/minilm_grouped.cfg: the same batches and gradient as one call, less padding)",
     n_experts=3, shared_stage_one=True)
+SYSTEMS["bond_moe_grouped_frozen"] = System(
+    "bond_moe_grouped_frozen", "configs/minilm_grouped_frozen.cfg",
+    "investigation: `bond_moe_grouped` with the word-piece embedding table frozen "
+    "(configs/minilm_grouped_frozen.cfg: the same random batches, 11.7M parameters untrained)",
+    n_experts=3, shared_stage_one=True)
 # `default`: configs/minilm.cfg (shared_steps = teacher_start) is the `bond_moe_warmup` command.
 ALIASES: Dict[str, str] = {"wo_moe": "bond", "default": "bond_moe_warmup"}
 # Systems run one by one to test a hypothesis; not part of the --all suite table.
@@ -239,7 +244,8 @@ INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_
                                   "bond_case_affix", "bond_gce", "bond_odrop", "bond_filter",
                                   "bond_filter_o", "bond_moe_ensemble", "bond_lr1e4", "minilm_fast",
                                   "bond_moe_warmup_buckets", "minilm_fast_fill_sentences",
-                                  "bond_uncertain_o", "bond_proper_o", "bond_moe_grouped")
+                                  "bond_uncertain_o", "bond_proper_o", "bond_moe_grouped",
+                                  "bond_moe_grouped_frozen")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.

@@ -17,7 +17,8 @@ sentence / tokens, before any grouping inside the model):
 Variants ``k1_before`` and ``k3_shared_before`` train with ``configs/bond_moe_paper.cfg`` (random
 batches, the word-piece table trained: the default before issue 18) for before/after ratios;
 ``k1_grouped`` and ``k3_shared_grouped`` train the same random batches with ``configs/minilm_grouped.cfg``
-(each batch encoded in length groups), against the same ``_before`` variants.
+(each batch encoded in length groups), against the same ``_before`` variants; ``*_grouped_frozen``
+likewise with ``configs/minilm_grouped_frozen.cfg`` (also the word-piece table frozen).
 References: ``spacy_ner`` is spaCy's own ``ner`` with the same encoder (``configs/spacy_ner_cnn.cfg``
 for a CNN ``--config``, else ``configs/spacy_ner_minilm.cfg``), measured the same way (no corpus
 passes); ``raw_encoder`` is the plain ``transformers`` model of ``--encoder`` alone: the measured
@@ -78,6 +79,9 @@ VARIANTS: Dict[str, Tuple[Optional[str], int, str]] = {
     # the `_before` batches (random, table trained) encoded in length groups within each batch
     "k1_grouped": ("configs/minilm_grouped.cfg", 1, "shared"),
     "k3_shared_grouped": ("configs/minilm_grouped.cfg", 3, "shared"),
+    # the same, with the word-piece embedding table frozen
+    "k1_grouped_frozen": ("configs/minilm_grouped_frozen.cfg", 1, "shared"),
+    "k3_shared_grouped_frozen": ("configs/minilm_grouped_frozen.cfg", 3, "shared"),
     "spacy_ner": ("spacy_ner", 0, "-"),  # K = 0: not a bond_moe_ner pipeline
     "raw_encoder": ("raw_encoder", 0, "-"),
 }
@@ -93,8 +97,9 @@ TARGETS = {  # the issues' targets
     "estep_share_max": ("<=", 0.15),
 }
 REFERENCE_RATIOS = ("k1", "k3_shared", "k1_before", "k3_shared_before", "k1_grouped",
-                    "k3_shared_grouped")
-SPED_UP = ("k1", "k3_shared", "k1_grouped", "k3_shared_grouped")  # each against its `_before`
+                    "k3_shared_grouped", "k1_grouped_frozen", "k3_shared_grouped_frozen")
+SPED_UP = ("k1", "k3_shared", "k1_grouped", "k3_shared_grouped", "k1_grouped_frozen",
+           "k3_shared_grouped_frozen")  # each against its `_before`
 SPACY_BENCH_MIN_BATCHES = 30  # `spacy benchmark speed --batches` refuses fewer
 MEAN_RE = re.compile(
     r"Mean:\s*([0-9.]+)\s*words/s\s*\(95% CI:\s*(-?[0-9.]+)\s*\+?(-?[0-9.]+)\)")
@@ -444,7 +449,7 @@ def compute_ratios(results: Dict[str, Any]) -> Dict[str, Optional[float]]:
     for variant in SPED_UP:
         out[f"train_wps_{variant}_over_before"] = ratio(
             _get(results, variant, "train", "words_per_s"),
-            _get(results, f"{variant.removesuffix('_grouped')}_before", "train", "words_per_s"))
+            _get(results, f"{variant.split('_grouped')[0]}_before", "train", "words_per_s"))
     for variant in ("k3_shared", "k3_separate"):
         out[f"estep_wps_{variant}_over_inference"] = ratio(
             _get(results, variant, "estep_words_per_s"), _get(results, variant, "pipe_train_words_per_s"))
