@@ -303,6 +303,8 @@ def make_spec(dataset: str, system: str, seed: int, results: Path, runs: Path,
     if cap <= 0:
         raise ValueError(f"--max-steps must be positive, got {cap}")
     name = run_name(dataset, system, seed)
+    if cap != schedule.max_steps:  # never overwrite the suite's run of the same system and seed
+        name += f"__{cap}steps"
     return RunSpec(dataset, system, seed, cap, min(schedule.eval_frequency, cap),
                    corpus_root / dataset, runs / name, results / f"{name}.json")
 
@@ -582,7 +584,7 @@ def run_one(spec: RunSpec, force: bool = False) -> str:
     git, machine = git_info(), machine_info()
     cmd = build_command(spec)
     command = "HF_HUB_OFFLINE=1 " + shlex.join(["python", *cmd[1:]])
-    print(f"[bench] {run_name(spec.dataset, spec.system, spec.seed)}: {command}", flush=True)
+    print(f"[bench] {spec.result_path.stem}: {command}", flush=True)
 
     code, train_wall, peak_rss_mb = train_subprocess(cmd, spec.run_dir / STDOUT_LOG)
     if code != 0:
@@ -707,7 +709,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        args.corpus.resolve(), args.max_steps) for d, s, seed in rows]
     failed: List[str] = []
     for i, spec in enumerate(specs, 1):
-        name = run_name(spec.dataset, spec.system, spec.seed)
+        name = spec.result_path.stem
         if args.dry_run:
             state = "exists" if spec.result_path.exists() else "todo"
             print(f"[{i}/{len(specs)}] {name} ({state}): {shlex.join(build_command(spec))}")

@@ -558,8 +558,6 @@ def build_length_grouped_tok2vec_v1(
     )
 
 
-
-
 def length_grouped_forward(
     model: Model, docs: List[Doc], is_train: bool
 ) -> Tuple[List[Floats2d], Callable]:

@@ -103,6 +103,11 @@ def test_alias_and_step_cap(tmp_path):
     spec = spec_for(tmp_path, "wikigold", "wo_moe", max_steps=30)
     assert spec.system == "bond"
     assert (spec.max_steps, spec.eval_frequency) == (30, 30)
+    # another cap never overwrites the suite's run of the same system and seed
+    assert spec.result_path.name == "wikigold__bond__seed3__30steps.json"
+    assert spec.run_dir.name == "wikigold__bond__seed3__30steps"
+    assert spec_for(tmp_path, "wikigold", "bond", max_steps=700).result_path.name == \
+        "wikigold__bond__seed3.json"
     with pytest.raises(ValueError):
         spec_for(tmp_path, "wikigold", "nonexistent")
 
