@@ -113,7 +113,8 @@ def load_extra(results: Path, name: str) -> Optional[Dict[str, Any]]:
     return data
 
 
-def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, Any]]) -> List[str]:
+def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, Any]],
+                  profiles: Sequence[Dict[str, Any]] = ()) -> List[str]:
     """The dedicated K-experts speed/memory measurement (benchmarks/speed.py) and the A/B profile."""
     lines = ["## Speed and memory of the K experts (dedicated measurement)", ""]
     if speed is None:
@@ -163,7 +164,7 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
                   "on the variants' training batches (no optimizer).", ""]
     references = [(k, v) for k, v in (speed.get("ratios") or {}).items()
                   if k.endswith(("_over_raw_encoder", "_over_spacy_ner", "_over_bound"))
-                  or k.startswith("spacy_benchmark_over_pipe_")]
+                  or k.startswith(("spacy_benchmark_over_pipe_", "bench_sample_"))]
     if references:
         lines += table(["ratio to a reference", "value"],
                        [[f"`{k}`", fmt_num(v, 3)] for k, v in references]) + [""]
@@ -179,7 +180,23 @@ def speed_section(speed: Optional[Dict[str, Any]], profile: Optional[Dict[str, A
                   f"K=3/K=1 = **{profile['ratio_k1_over_k3']:.3f}** (load average "
                   f"{profile['loadavg'][0]}→{profile['loadavg'][1]}; the cProfile overhead is in both). "
                   f"Largest own-time growths per step: {top}.", ""]
+    for prof in profiles:
+        lines += profile_lines(prof)
     return lines
+
+
+def profile_lines(prof: Dict[str, Any]) -> List[str]:
+    """One `benchmarks/profile_training.py` A/B: s/step and own time per step by category."""
+    a, b = prof["variants"]
+    cats = prof["own_s_per_step_by_category"]
+    lines = [f"Where a training step's time goes (`{prof['command']}` → `{prof['_file']}`; both "
+             f"pipelines in one process, updates alternated on the same batches, cProfile, load average "
+             f"{prof['loadavg'][0]}→{prof['loadavg'][1]}): s/step `{a}` {prof['s_per_step'][a]:.3f}, "
+             f"`{b}` {prof['s_per_step'][b]:.3f} → throughput `{b}`/`{a}` = "
+             f"**{prof['throughput_b_over_a']:.3f}**. Own time per step (tottime; share of the step):", ""]
+    rows = [[name] + [f"{cats[v][name]:.3f} s ({100 * cats[v][name] / max(sum(cats[v].values()), 1e-9):.0f}%)"
+                      for v in (a, b)] for name in cats[a]]
+    return lines + table(["category", f"`{a}`", f"`{b}`"], rows) + [""]
 
 
 def short_commit(data: Dict[str, Any]) -> str:
@@ -1002,6 +1019,7 @@ def plot_experts(run: Run, path: Path) -> bool:
 def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = True,
                  quality: Optional[Dict[str, Any]] = None, scale: Optional[Dict[str, Any]] = None,
                  speed: Optional[Dict[str, Any]] = None, profile: Optional[Dict[str, Any]] = None,
+                 profiles: Sequence[Dict[str, Any]] = (),
                  test_quality: Optional[Dict[str, Any]] = None, out_results: Optional[Path] = None,
                  tokens: Optional[Dict[str, Any]] = None,
                  inference: Optional[Dict[str, Any]] = None,
@@ -1100,7 +1118,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
     lines += experts_section(analyses) if out_results is not None else []
     lines += tokenization_section(tokens, analyses)
     lines += labels_section(runs, quality, scale, test_quality)
-    lines += speed_section(speed, profile)
+    lines += speed_section(speed, profile, profiles)
     lines += inference_section(inference)
     lines += onnx_section(onnx)
     lines += int8_section(int8)
@@ -1211,6 +1229,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         scale=load_extra(args.results, "kb_scale.json"),
                         speed=load_extra(args.results, "speed__webpage__minilm.json"),
                         profile=load_extra(args.results, "profile_experts.json"),
+                        profiles=[load_extra(args.results, f.name) for f in
+                                  sorted(args.results.glob("profile__*.json"))] if args.results.is_dir() else [],
                         test_quality=load_extra(args.results, "label_quality__conll03_test.json"),
                         out_results=args.results if args.results.is_dir() else None,
                         tokens=load_extra(args.results, "tokenization.json"),

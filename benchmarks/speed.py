@@ -12,7 +12,11 @@ sentence / tokens, before any grouping inside the model):
   epoch of training (epoch = n_train_docs / 16 steps at the measured s/step);
 - a teacher snapshot and a teacher refresh (``snapshot_teacher`` twice); both corpus passes also as
   words/s, against ``nlp.pipe`` over the same training texts (``*_over_inference`` ratios);
-- inference words/s with ``nlp.pipe`` over the dev texts (``--pipe-repeats`` timed passes).
+- inference words/s with ``nlp.pipe`` over the dev texts (``--pipe-repeats`` timed passes), and
+  over ``spacy benchmark speed``'s own sample (dev texts drawn with replacement into
+  ``--bench-batches`` batches, timed per batch by spaCy's ``annotate``): its mean of per-batch
+  words/s and total words / total seconds, which split the CLI's gap to ``nlp.pipe`` into the
+  sample's batch composition and the statistic (``bench_sample_*`` ratios).
 
 Variants ``k1_before`` and ``k3_shared_before`` train with ``configs/bond_moe_paper.cfg`` (random
 batches, the word-piece table trained: the default before issue 18) for before/after ratios;
@@ -153,7 +157,8 @@ def fixed_batches(examples: List[Any], n_batches: int, seed: int,
 def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_path: Path,
                     dev_path: Path, *, steps: int, warmup: int, seed: int = 0,
                     pipe_repeats: int = 3, threads: Optional[int] = None,
-                    model_dir: Optional[Path] = None) -> Dict[str, Any]:
+                    model_dir: Optional[Path] = None, bench_batches: int = 0,
+                    bench_batch_size: int = 0) -> Dict[str, Any]:
     """Build, initialize and time one variant in THIS process; save it to `model_dir` if given."""
     import resource
 
@@ -238,6 +243,25 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
         n_words = sum(len(doc) for doc in nlp.pipe(dev_texts))
         pipe_wps.append(n_words / (time.perf_counter() - start))
 
+    # --- `spacy benchmark speed`'s own sample and statistic, in this process: dev texts drawn
+    # with replacement into `bench_batches` batches (of the pipeline's batch size, as the CLI),
+    # timed per batch by spaCy's own `annotate`; its mean of per-batch words/s, and total words /
+    # total seconds over the same sample (what nlp.pipe over dev reports)
+    bench_sample = None
+    if bench_batches:
+        import numpy
+        from spacy.cli.benchmark_speed import annotate
+
+        size = bench_batch_size or nlp.batch_size
+        rng = random.Random(seed)
+        docs = [nlp.make_doc(rng.choice(dev_texts)) for _ in range(bench_batches * size)]
+        start = time.perf_counter()
+        rates = annotate(nlp, docs, size)
+        seconds = time.perf_counter() - start
+        bench_sample = {"batches": len(rates), "batch_size": size,
+                        "mean_batch_words_per_s": float(numpy.mean(rates)),
+                        "total_words_per_s": sum(len(doc) for doc in docs) / seconds}
+
     # --- the same inference over the training texts: the corpus passes' like-for-like reference
     train_texts = [eg.reference.text for eg in train_examples]
     list(nlp.pipe(train_texts))
@@ -281,6 +305,7 @@ def measure_variant(config_path: Path, n_experts: int, expert_mode: str, train_p
         "pipe_words_per_s": sum(pipe_wps) / len(pipe_wps),
         "pipe_words_per_s_runs": pipe_wps,
         "pipe_words": sum(len(nlp.make_doc(t)) for t in dev_texts),
+        "bench_sample": bench_sample,
         "model_size_mb": model_size_mb,
         "child_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "loadavg_child_start": load_start,
@@ -470,6 +495,17 @@ def compute_ratios(results: Dict[str, Any]) -> Dict[str, Optional[float]]:
             out[f"spacy_benchmark_over_pipe_{variant}"] = ratio(
                 _get(results, variant, "spacy_benchmark", "words_per_s"),
                 _get(results, variant, "pipe_words_per_s"))
+        # the gap decomposed: the CLI against its statistic in-process (same measurement),
+        # the benchmark's sample against dev (batch composition), its statistic against
+        # total/total (mean of per-batch rates >= the overall rate)
+        if _get(results, variant, "bench_sample", "mean_batch_words_per_s") is not None:
+            sample = results[variant]["bench_sample"]
+            out[f"bench_sample_mean_over_spacy_benchmark_{variant}"] = ratio(
+                sample["mean_batch_words_per_s"], _get(results, variant, "spacy_benchmark", "words_per_s"))
+            out[f"bench_sample_total_over_pipe_{variant}"] = ratio(
+                sample["total_words_per_s"], _get(results, variant, "pipe_words_per_s"))
+            out[f"bench_sample_mean_over_total_{variant}"] = ratio(
+                sample["mean_batch_words_per_s"], sample["total_words_per_s"])
     if "raw_encoder" in results:
         out["raw_forward_over_bound"] = ratio(_get(results, "raw_encoder", "pipe_words_per_s"),
                                               _get(results, "raw_encoder", "bound_forward_words_per_s"))
@@ -514,7 +550,10 @@ def run_variant(name: str, args: argparse.Namespace, work: Path) -> Dict[str, An
            "--child-json", str(child_json), "--child-model-dir", str(model_dir),
            "--config", str(args.config), "--train", str(args.train), "--dev", str(args.dev),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--seed", str(args.seed),
-           "--pipe-repeats", str(args.pipe_repeats), "--encoder", args.encoder]
+           "--pipe-repeats", str(args.pipe_repeats), "--encoder", args.encoder,
+           "--bench-batches", str(args.bench_batches), "--bench-batch-size", str(args.bench_batch_size)]
+    if args.no_spacy_benchmark:
+        cmd.append("--no-spacy-benchmark")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     env = child_env()
@@ -656,7 +695,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result = measure_variant(variant_config(args.child, args.config), n_experts, mode,
                                  args.train, args.dev, steps=args.steps, warmup=args.warmup,
                                  seed=args.seed, pipe_repeats=args.pipe_repeats,
-                                 threads=args.threads or None, model_dir=args.child_model_dir)
+                                 threads=args.threads or None, model_dir=args.child_model_dir,
+                                 bench_batches=0 if args.no_spacy_benchmark else args.bench_batches,
+                                 bench_batch_size=args.bench_batch_size)
         write_json_atomic(args.child_json, result)
         return 0
 

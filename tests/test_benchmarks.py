@@ -330,6 +330,31 @@ def test_report_speed_section(tmp_path):
     section = report_section(results, "## Speed and memory of the K experts", "## Speed and memory (per run)")
     assert "| `k3_separate` | FAILED: child exited with 1 |" in section
     assert "| `estep_share_k3_separate` | <= 0.15 | n/a | not measured |" in section
+    # an A/B training profile (benchmarks/profile_training.py) goes under the speed table
+    prof = {"command": "python benchmarks/profile_training.py --variants a,b", "variants": ["a", "b"],
+            "s_per_step": {"a": 1.0, "b": 0.5}, "throughput_b_over_a": 2.0, "loadavg": [0.1, 1.0],
+            "own_s_per_step_by_category": {"a": {"torch backward": 0.75, "optimizer": 0.25},
+                                           "b": {"torch backward": 0.5, "optimizer": 0.0}}}
+    (results / "profile__a__b.json").write_text(json.dumps(prof))
+    section = report_section(results, "## Speed and memory of the K experts", "## Speed and memory (per run)")
+    assert "throughput `b`/`a` = **2.000**" in section and "`profile__a__b.json`" in section
+    assert "| torch backward | 0.750 s (75%) | 0.500 s (100%) |" in section
+    assert "| optimizer | 0.250 s (25%) | 0.000 s (0%) |" in section
+
+
+def test_profile_training_categories():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import profile_training
+
+    times = {("~", "~:0(<method 'run_backward' of 'torch._C._EngineBase' objects>)"): 4.0,
+             ("~", "~:0(<built-in method torch._C._nn.linear>)"): 2.0,
+             ("/x/thinc/optimizers.py", "optimizers.py:10(_adam)"): 1.0,
+             ("~", "~:0(<built-in method torch.layer_norm>)"): 0.5,
+             ("/x/spacy/language.py", "language.py:1(update)"): 0.5}
+    cats = profile_training.categorize(times, steps=2)
+    assert cats["torch backward"] == 2.0 and cats["Linear forward"] == 1.0
+    assert cats["optimizer"] == 0.5 and cats["other torch kernels"] == 0.25
+    assert cats[profile_training.OTHER] == 0.25 and cats["attention forward"] == 0.0
 
 
 def test_report_experts_section_and_run_file_names(tmp_path):

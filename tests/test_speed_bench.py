@@ -131,6 +131,11 @@ def test_speed_script_spacy_benchmark(toy_corpus, tmp_path):
     assert data["ratios"]["spacy_benchmark_over_pipe_k1"] == pytest.approx(
         bench["words_per_s"] / res["pipe_words_per_s"])
     assert data["ratios"]["train_wps_k3_shared_over_k1"] is None  # k3 not run
+    sample = res["bench_sample"]  # the benchmark's sample and statistic, in the child
+    assert (sample["batches"], sample["batch_size"]) == (30, 2)
+    assert positive(sample["mean_batch_words_per_s"]) and positive(sample["total_words_per_s"])
+    assert data["ratios"]["bench_sample_total_over_pipe_k1"] == pytest.approx(
+        sample["total_words_per_s"] / res["pipe_words_per_s"])
 
 
 @pytest.mark.slow  # three child processes, about a minute: `make test-slow`
@@ -210,6 +215,15 @@ def test_ratios_and_targets():
     assert targets["train_wps_k1_grouped_over_before"]["met"] is True
     assert speed.variant_config("k1_grouped", ROOT / "configs" / "minilm.cfg") == \
         ROOT / "configs" / "minilm_grouped.cfg"
+    results["k1_grouped_frozen"] = {"train": {"words_per_s": 160.0}}
+    assert speed.compute_ratios(results)["train_wps_k1_grouped_frozen_over_before"] == pytest.approx(1.6)
+    # `spacy benchmark speed` against nlp.pipe, decomposed by the in-process replica of its sample
+    results["k1"]["bench_sample"] = {"mean_batch_words_per_s": 594.0, "total_words_per_s": 540.0}
+    ratios = speed.compute_ratios(results)
+    assert ratios["bench_sample_mean_over_spacy_benchmark_k1"] == pytest.approx(594.0 / 600.0)
+    assert ratios["bench_sample_total_over_pipe_k1"] == pytest.approx(1.08)
+    assert ratios["bench_sample_mean_over_total_k1"] == pytest.approx(1.1)
+    assert "bench_sample_total_over_pipe_k3_shared" not in ratios
 
 
 def test_cli_validation(toy_corpus):
