@@ -227,17 +227,19 @@ SYSTEMS["bond_proper_o"] = System(
     "most 20% of the time (`uncertain_o = \"proper\"`: names, not \"Monday\" or \"SOCCER\")",
     n_experts=1, extra=((f"--components.{COMPONENT}.distant_loss", PROPER_O),))
 SYSTEMS["bond_moe_grouped"] = System(
-    "bond_moe_grouped", "configs/minilm_grouped.cfg",
-    "investigation: the default recipe with each training batch encoded in length groups "
-    "(configs/minilm_grouped.cfg: the same batches and gradient as one call, less padding)",
+    "bond_moe_grouped", "configs/minilm.cfg",
+    "investigation: `bond_moe_warmup` with each training batch encoded in length groups "
+    "(configs/minilm.cfg, the default since issue 18: the same batches and gradient as one call, "
+    "less padding)",
     n_experts=3, shared_stage_one=True)
 SYSTEMS["bond_moe_grouped_frozen"] = System(
     "bond_moe_grouped_frozen", "configs/minilm_grouped_frozen.cfg",
     "investigation: `bond_moe_grouped` with the word-piece embedding table frozen "
     "(configs/minilm_grouped_frozen.cfg: the same random batches, 11.7M parameters untrained)",
     n_experts=3, shared_stage_one=True)
-# `default`: configs/minilm.cfg (shared_steps = teacher_start) is the `bond_moe_warmup` command.
-ALIASES: Dict[str, str] = {"wo_moe": "bond", "default": "bond_moe_warmup"}
+# `default`: configs/minilm.cfg (shared_steps = teacher_start, length groups) is the
+# `bond_moe_grouped` command; `bond_moe_warmup` is the same recipe encoded in one call per batch.
+ALIASES: Dict[str, str] = {"wo_moe": "bond", "default": "bond_moe_grouped"}
 # Systems run one by one to test a hypothesis; not part of the --all suite table.
 INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_moe_warmup",
                                   "bond_moe_warmup_cnn", "bond_moe_soft", "bond_case",

@@ -20,8 +20,8 @@ sentence / tokens, before any grouping inside the model):
 
 Variants ``k1_before`` and ``k3_shared_before`` train with ``configs/bond_moe_paper.cfg`` (random
 batches, the word-piece table trained: the default before issue 18) for before/after ratios;
-``k1_grouped`` and ``k3_shared_grouped`` train the same random batches with ``configs/minilm_grouped.cfg``
-(each batch encoded in length groups), against the same ``_before`` variants; ``*_grouped_frozen``
+``k1_grouped`` and ``k3_shared_grouped`` train the same random batches with ``configs/minilm.cfg``
+(the default since issue 18: each batch encoded in length groups), against the same ``_before`` variants; ``*_grouped_frozen``
 likewise with ``configs/minilm_grouped_frozen.cfg`` (also the word-piece table frozen).
 References: ``spacy_ner`` is spaCy's own ``ner`` with the same encoder (``configs/spacy_ner_cnn.cfg``
 for a CNN ``--config``, else ``configs/spacy_ner_minilm.cfg``), measured the same way (no corpus
@@ -81,8 +81,8 @@ VARIANTS: Dict[str, Tuple[Optional[str], int, str]] = {
     "k1_before": ("configs/bond_moe_paper.cfg", 1, "shared"),
     "k3_shared_before": ("configs/bond_moe_paper.cfg", 3, "shared"),
     # the `_before` batches (random, table trained) encoded in length groups within each batch
-    "k1_grouped": ("configs/minilm_grouped.cfg", 1, "shared"),
-    "k3_shared_grouped": ("configs/minilm_grouped.cfg", 3, "shared"),
+    "k1_grouped": ("configs/minilm.cfg", 1, "shared"),
+    "k3_shared_grouped": ("configs/minilm.cfg", 3, "shared"),
     # the same, with the word-piece embedding table frozen
     "k1_grouped_frozen": ("configs/minilm_grouped_frozen.cfg", 1, "shared"),
     "k3_shared_grouped_frozen": ("configs/minilm_grouped_frozen.cfg", 3, "shared"),

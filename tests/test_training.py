@@ -11,7 +11,7 @@ import spacy
 from .conftest import write_toy_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["cnn", "minilm", "minilm_grouped", "bond_moe_paper", "roberta", "spacy_ner_minilm", "spacy_ner_cnn"]
+CONFIGS = ["cnn", "minilm", "minilm_grouped_frozen", "bond_moe_paper", "roberta", "spacy_ner_minilm", "spacy_ner_cnn"]
 MISC = ["spacy-bond-moe.transformer_name.v1", "spacy-bond-moe.sinkhorn_assigner.v1",
         "spacy-bond-moe.argmax_assigner.v1", "spacy-bond-moe.soft_pseudo_labels.v1",
         "spacy-bond-moe.hard_pseudo_labels.v1", "spacy-bond-moe.cross_entropy.v1",
