@@ -90,11 +90,12 @@ Run = Dict[str, Any]
 
 
 def load_runs(results: Path) -> List[Run]:
-    """Every training-run JSON (``<dataset>__<system>__seed<n>.json``) of the results folder,
-    with ``_file`` set to its name."""
+    """Every training-run JSON (``<dataset>__<system>__seed<n>.json``, or
+    ``...__seed<n>__<cap>steps.json`` at a non-default cap) of the results folder, with ``_file``
+    set to its name."""
     runs = []
     for path in sorted(results.glob("*__*__seed*.json")):
-        if not re.fullmatch(r"[a-z0-9_]+__[a-z0-9_]+__seed\d+\.json", path.name):
+        if not re.fullmatch(r"[a-z0-9_]+__[a-z0-9_]+__seed\d+(__\d+steps)?\.json", path.name):
             continue  # e.g. experts__<run>__<split>.json
         data = json.loads(path.read_text(encoding="utf8"))
         data["_file"] = path.name

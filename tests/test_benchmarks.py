@@ -202,9 +202,9 @@ def test_report_tables_and_plots(tmp_path):
     data = fake_run("wikigold", "bond_moe_cnn", 0, 0.40, 700, 700, split="dev",
                     paths={"train_log": train_log, "events": events_log})
     (results / "wikigold__bond_moe_cnn__seed0.json").write_text(json.dumps(data))
-    # A smoke run at another cap: listed apart, not averaged in.
+    # A smoke run at another cap, named as run.py names it: listed apart, not averaged in.
     data = fake_run("webpage", "bond_moe", 5, 0.05, 30, 600)
-    (results / "webpage__bond_moe__seed5.json").write_text(json.dumps(data))
+    (results / "webpage__bond_moe__seed5__30steps.json").write_text(json.dumps(data))
 
     out = tmp_path / "docs" / "RESULTS.md"
     (out.parent / "plots").mkdir(parents=True)
@@ -227,10 +227,10 @@ def test_report_tables_and_plots(tmp_path):
     speed = text.split("## Speed and memory (per run)")[1].split("## Plots")[0]
     assert "| webpage | `bond_moe` | 0 | 600 | 2.0 | 700 | 1500 | 2/2 | 1.0/2.0 |" in speed
     other = text.split("## Other runs")[1].split("## Source files")[0]
-    assert "webpage__bond_moe__seed5.json" in other and "5.0" in other
+    assert "webpage__bond_moe__seed5__30steps.json" in other and "5.0" in other
     sources = text.split("## Source files")[1]
     for name in ("webpage__bond_moe__seed0.json", "webpage__bond_moe__seed1.json",
-                 "webpage__bond_moe__seed5.json", "wikigold__bond_moe_cnn__seed0.json"):
+                 "webpage__bond_moe__seed5__30steps.json", "wikigold__bond_moe_cnn__seed0.json"):
         assert name in sources
     plots = out.parent / "plots"
     expected = ["dev_f1_webpage.png", "dev_f1_wikigold_cnn.png", "experts_webpage__bond_moe__seed0.png",
