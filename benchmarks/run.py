@@ -241,6 +241,11 @@ SYSTEMS["bond_grouped"] = System(
     "bond_grouped", "configs/minilm.cfg",
     "investigation: the default recipe with K=1 (configs/minilm.cfg, length groups): `bond` "
     "encoded as the default is, the mixture's K=1 reference at any cap", n_experts=1)
+SYSTEMS["bond_moe_case"] = System(
+    "bond_moe_case", "configs/minilm_moe_case.cfg",
+    "investigation: the default recipe (K=3, shared stage I, length groups) with the hashed 16-wide "
+    "word-shape embedding beside MiniLM's vectors (configs/minilm_moe_case.cfg; `bond_case` is K=1)",
+    n_experts=3, shared_stage_one=True)
 # `default`: configs/minilm.cfg (shared_steps = teacher_start, length groups) is the
 # `bond_moe_grouped` command; `bond_moe_warmup` is the same recipe encoded in one call per batch.
 ALIASES: Dict[str, str] = {"wo_moe": "bond", "default": "bond_moe_grouped"}
@@ -251,7 +256,7 @@ INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_
                                   "bond_filter_o", "bond_moe_ensemble", "bond_lr1e4", "minilm_fast",
                                   "bond_moe_warmup_buckets", "minilm_fast_fill_sentences",
                                   "bond_uncertain_o", "bond_proper_o", "bond_moe_grouped",
-                                  "bond_moe_grouped_frozen", "bond_grouped")
+                                  "bond_moe_grouped_frozen", "bond_grouped", "bond_moe_case")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.

@@ -96,3 +96,17 @@ def test_bad_features_lr_scale():
         build_case_aware_tok2vec_v1(spacy.registry.resolve({"x": CNN})["x"],
                                     spacy.registry.resolve({"x": FEATURES})["x"],
                                     features_lr_scale=0.0)
+
+
+def test_case_aware_around_a_length_grouped_encoder(tiny_bert, tmp_path):
+    # configs/minilm_moe_case.cfg's nesting: the features beside a transformer encoded in groups.
+    grouped = {"@architectures": "spacy-bond-moe.LengthGroupedTok2Vec.v1", "tokens": 8,
+               "tok2vec": trf_tok2vec_config(str(tiny_bert))}
+    nlp = spacy.blank("en")
+    ner = add_ner(nlp, case_aware(grouped))
+    train(nlp, ner, CASED_DATA, 60, 0.01)
+    names = [node.name for node in ner.model.walk()]
+    assert names.index("case_aware_tok2vec") < names.index("length_grouped_tok2vec")
+    for text, gold in CASED_DATA:
+        assert ents(nlp(text)) == sorted(gold)
+    assert_roundtrip_predicts_the_same(nlp, tmp_path, [text for text, _ in CASED_DATA])

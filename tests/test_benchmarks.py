@@ -840,6 +840,9 @@ def test_every_system_config_builds_with_its_overrides(tmp_path, system):
             names = {node.name for node in ner.model.walk()}
             assert "case_aware_tok2vec" in names
             assert ("residual" in " ".join(names)) == (system == "bond_case_affix")
+        if system == "bond_moe_case":
+            names = {node.name for node in ner.model.walk()}
+            assert {"case_aware_tok2vec", "length_grouped_tok2vec"} <= names
 
 
 @pytest.mark.slow
