@@ -53,18 +53,41 @@ def build_moe_tagger_v1(
     else:
         encoders = [tok2vec] + [set_fresh_ids(copy.deepcopy(tok2vec)) for _ in range(n_experts - 1)]
         branches = [(enc, build_expert_heads(1, nO)) for enc in encoders]
-    layers = [layer for branch in branches for layer in branch]
+    return _moe_tagger(branches, expert_mode, nO)
+
+
+def _moe_tagger(
+    branches: Sequence[Tuple[Model, Model]], expert_mode: ExpertMode, nO: Optional[int]
+) -> Model[List[Doc], List[Floats3d]]:
+    """The tagger over (encoder, heads) branches; its experts are the branches' heads in order."""
+    n_experts = sum(heads.attrs["n_experts"] for _, heads in branches)
     model: Model[List[Doc], List[Floats3d]] = Model(
         "moe_tagger",
         moe_tagger_forward,
         init=moe_tagger_init,
-        layers=layers,
+        layers=[layer for branch in branches for layer in branch],
         dims={"nO": nO},
         attrs={"n_experts": n_experts, "expert_mode": expert_mode, "n_branches": len(branches)},
     )
-    model.set_ref("tok2vec", tok2vec)
+    model.set_ref("tok2vec", branches[0][0])
     model.set_ref("output_layer", branches[0][1])
     return model
+
+
+def merge_taggers(taggers: Sequence[Model]) -> Model[List[Doc], List[Floats3d]]:
+    """One "separate" tagger whose K experts are K trained single-expert taggers (their own
+    layers, not copies): what `MoETagger.v1` with `expert_mode = "separate"` and
+    `n_experts = K` builds, so the result saves and loads as that config."""
+    for tagger in taggers:
+        if tagger.attrs["n_experts"] != 1 or tagger.attrs["n_branches"] != 1:
+            raise ValueError(f"merge_taggers: each tagger must have one expert, got "
+                             f"{tagger.attrs['n_experts']}")
+        if _is_listener(tagger.layers[0]):
+            raise ValueError("merge_taggers: a tagger listening to a shared encoder cannot be merged")
+    n_tags = {tagger.get_dim("nO") for tagger in taggers}
+    if len(n_tags) != 1:
+        raise ValueError(f"merge_taggers: the taggers have different numbers of tags: {sorted(n_tags)}")
+    return _moe_tagger([(t.layers[0], t.layers[1]) for t in taggers], "separate", n_tags.pop())
 
 
 def without_blanks(doc: Doc, blank: numpy.ndarray) -> Doc:

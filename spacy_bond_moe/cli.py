@@ -28,6 +28,7 @@ from .distant import (
     label_sharded,
 )
 from .engines import ENGINES, EngineError, JobReport
+from .ensemble import merge_pipelines
 from .fetch import (
     DATASETS,
     MIRROR_ENV,
@@ -579,3 +580,20 @@ def upgrade(
         raise typer.Exit(1)
     done = ", ".join(names) if names else "nothing to upgrade (already 0.2)"
     typer.echo(f"{model} -> {output}: {done}")
+
+
+@app.command()
+def merge(
+    output: Path = typer.Argument(..., help="Where to write the merged pipeline (must not exist)."),
+    members: List[Path] = typer.Argument(
+        ..., help="Two or more K=1 pipelines: one recipe (config) trained with different seeds."),
+) -> None:
+    """Merge K=1 pipelines trained with different seeds into one pipeline whose experts they
+    are (RoSTER's seed ensemble, mixed with equal weights; K times the encoder's cost)."""
+    try:
+        gaps = merge_pipelines(members, output)
+    except (ValueError, OSError) as err:
+        typer.secho(f"Error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{len(members)} pipelines -> {output}: {len(members)} experts (separate encoders); "
+               f"reloaded, each expert reproduces its member (max difference {max(gaps):.1g})")
