@@ -539,6 +539,40 @@ def experts_section(analyses: Sequence[Analysis]) -> List[str]:
     return lines + table(header, rows or [[NOT_RUN] * 6]) + [""]
 
 
+def subset_gains(subsets: Dict[str, Dict[str, float]], size: int) -> List[float]:
+    """Per sub-ensemble of `size` members: its F1 minus the mean F1 of those members alone."""
+    return [v["f"] - sum(subsets[m]["f"] for m in k.split("+")) / size
+            for k, v in subsets.items() if len(k.split("+")) == size]
+
+
+def ensembles_section(results: Optional[Path]) -> List[str]:
+    """Seed ensembles of trained pipelines (benchmarks/seed_ensemble.py; `merge` builds them)."""
+    lines = ["## Seed ensembles: members trained on all documents, differing by seed "
+             "(`benchmarks/seed_ensemble.py`)", "",
+             "Each member is one run of the table above (its dev-best `model-best`); the ensemble "
+             "averages the members' token mixtures and decodes the average (what `python -m "
+             "spacy_bond_moe merge` builds from K=1 members, at K times the encoder's cost). Members "
+             "alone reproduce their runs' F1. Gain = ensemble F1 minus the mean of its own members "
+             "alone; for pairs, mean [min, max] over the pairs. Agreement: tokens on which two members' "
+             "mixtures pick the same tag (mean over pairs).", ""]
+    rows = []
+    for path in sorted(results.glob("ensemble__*.json")) if results is not None else []:
+        data = json.loads(path.read_text(encoding="utf8"))
+        subsets, n = data["subsets"], len(data["members"])
+        singles = " / ".join(fmt_num(subsets[str(i)]["f"]) for i in range(n))
+        pairs = subset_gains(subsets, 2) if n > 2 else []
+        pair_text = (f"{sum(pairs) / len(pairs):+.1f} [{min(pairs):+.1f}, {max(pairs):+.1f}]"
+                     if pairs else "–")
+        agreement = list(data["agreement"].values())
+        rows.append([f"`{data['name']}`", Path(data["data"]).stem, singles,
+                     f"{data['members_mean_f']:.1f} ± {data['members_std_f']:.1f}", pair_text,
+                     fmt_num(data["ensemble_f"]), f"{data['ensemble_f'] - data['members_mean_f']:+.1f}",
+                     f"{sum(agreement) / len(agreement):.3f}"])
+    header = ["members (runs)", "split", "members alone (F1)", "mean ± std", "pair ensembles: gain",
+              "all members (F1)", "gain", "agreement"]
+    return lines + table(header, rows or [[NOT_RUN] * 8]) + [""]
+
+
 def tokenization_section(tokens: Optional[Dict[str, Any]], analyses: Sequence[Analysis]) -> List[str]:
     """spaCy's re-tokenisation of the corpora (benchmarks/tokenization.py) and what it does to the scores."""
     lines = ["## Tokenisation: spaCy's tokens vs the datasets' own", "",
@@ -1117,6 +1151,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
 
     analyses = load_analyses(out_results, runs) if out_results is not None else []
     lines += experts_section(analyses) if out_results is not None else []
+    lines += ensembles_section(out_results)
     lines += tokenization_section(tokens, analyses)
     lines += labels_section(runs, quality, scale, test_quality)
     lines += speed_section(speed, profile, profiles)

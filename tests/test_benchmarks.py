@@ -897,3 +897,39 @@ def test_report_uncertain_o_section():
     assert "| `bond_proper_o` | 0 | 67.8 | 2100 | 50.0/70.0/58.3 | PER 60.0/90.0 |" in text
     assert text.count("| `bond_proper_o` |") == 1
     assert report.uncertain_o_section(None, runs)[-2] == report.NOT_RUN
+
+
+def test_seed_ensemble_scores_members_and_what_merge_builds(tmp_path):
+    """Each member alone scores what `spacy evaluate` gives it; all members together score what
+    the pipeline `merge` builds from them scores; the report lists the row with its gains."""
+    from spacy.tokens import DocBin
+
+    from spacy_bond_moe.ensemble import merge_pipelines
+
+    from .conftest import make_doc
+    from .test_ensemble import train_member
+
+    bench = load_module("seed_ensemble")
+    members = [train_member(tmp_path / f"m{seed}", seed, steps=4) for seed in (0, 1, 2)]
+    import spacy
+
+    nlp = spacy.blank("en")
+    gold = [make_doc(nlp, "Mary met Bob Smith in Paris .", [(0, 4, "PER"), (9, 18, "PER"),
+                                                             (22, 27, "LOC")], "g0"),
+            make_doc(nlp, "Acme is in Rome and London .", [(0, 4, "ORG"), (11, 15, "LOC"),
+                                                            (20, 26, "LOC")], "g1"),
+            make_doc(nlp, "I like London and Berlin .", [(7, 13, "LOC")], "g2")]
+    DocBin(docs=gold).to_disk(tmp_path / "test.spacy")
+    results = tmp_path / "results"
+    assert bench.main(["--name", "toy", "--data", str(tmp_path / "test.spacy"), "--results",
+                       str(results), *map(str, members)]) == 0
+    data = json.loads((results / "ensemble__toy__test.json").read_text())
+    assert set(data["subsets"]) == {"0", "1", "2", "0+1", "0+2", "1+2", "0+1+2"}
+    for i, member in enumerate(members):
+        alone = run.evaluate_model(member, tmp_path / "test.spacy")["f"]
+        assert data["subsets"][str(i)]["f"] == pytest.approx(100 * alone, abs=0.01)
+    merge_pipelines(members, tmp_path / "merged")
+    merged = run.evaluate_model(tmp_path / "merged", tmp_path / "test.spacy")["f"]
+    assert data["ensemble_f"] == pytest.approx(100 * merged, abs=0.01)
+    section = report_section(results, "## Seed ensembles", "\n## ")
+    assert "| `toy` | test | " in section and f"| {data['ensemble_f']:.1f} |" in section
