@@ -34,8 +34,6 @@ def _model_block(nlp: Language, name: str) -> Dict[str, Any]:
 
 def check_members(members: Sequence[Path], nlps: Sequence[Language]) -> str:
     """The shared component name; one-line ValueError naming the member that does not fit."""
-    if len(nlps) < 2:
-        raise ValueError(f"merging needs at least two pipelines, got {len(nlps)}")
     first, name = nlps[0], _component(nlps[0], members[0])
     for path, nlp in zip(members, nlps):
         if _component(nlp, path) != name or nlp.pipe_names != first.pipe_names:
@@ -63,6 +61,8 @@ def merge_pipelines(members: Sequence[Path], output: Path) -> List[float]:
     RETURNS (List[float]): the check's largest absolute probability difference per member.
     """
     members, output = [Path(m) for m in members], Path(output)
+    if len(members) < 2:
+        raise ValueError(f"merging needs at least two pipelines, got {len(members)}")
     if output.exists():
         raise ValueError(f"{output}: already exists")
     for path in members:
