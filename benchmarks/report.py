@@ -545,8 +545,17 @@ def subset_gains(subsets: Dict[str, Dict[str, float]], size: int) -> List[float]
             for k, v in subsets.items() if len(k.split("+")) == size]
 
 
-def ensembles_section(results: Optional[Path]) -> List[str]:
-    """Seed ensembles of trained pipelines (benchmarks/seed_ensemble.py; `merge` builds them)."""
+def distilled_students(runs: Sequence[Run], members: Sequence[str], split: str) -> List[float]:
+    """F1 (%) on `split` of the runs distilled from exactly these members' merge."""
+    key = "dev_at_best" if split == "dev" else "eval_at_best"
+    return [v for r in runs if (r.get("teacher") or {}).get("members") == list(members)
+            and (split == "dev" or r.get("eval_split") == split)
+            for v in [metric(r, key)] if v is not None]
+
+
+def ensembles_section(results: Optional[Path], runs: Sequence[Run] = ()) -> List[str]:
+    """Seed ensembles of trained pipelines (benchmarks/seed_ensemble.py; `merge` builds them)
+    and the K=1 students distilled from them (run.py's `*_distilled` systems)."""
     lines = ["## Seed ensembles: members trained on all documents, differing by seed "
              "(`benchmarks/seed_ensemble.py`)", "",
              "Each member is one run of the table above (its dev-best `model-best`); the ensemble "
@@ -554,7 +563,10 @@ def ensembles_section(results: Optional[Path]) -> List[str]:
              "spacy_bond_moe merge` builds from K=1 members, at K times the encoder's cost). Members "
              "alone reproduce their runs' F1. Gain = ensemble F1 minus the mean of its own members "
              "alone; for pairs, mean [min, max] over the pairs. Agreement: tokens on which two members' "
-             "mixtures pick the same tag (mean over pairs).", ""]
+             "mixtures pick the same tag (mean over pairs). Distilled: one K=1 student of the same "
+             "recipe and cap trained only on the merged ensemble's pseudo-labels (teacher from step "
+             "1, never refreshed; `benchmarks/run.py --system <members>_distilled`), F1 over its "
+             "seeds — the ensemble's gain at one encoder's inference cost, if it keeps it.", ""]
     rows = []
     for path in sorted(results.glob("ensemble__*.json")) if results is not None else []:
         data = json.loads(path.read_text(encoding="utf8"))
@@ -567,10 +579,12 @@ def ensembles_section(results: Optional[Path]) -> List[str]:
         rows.append([f"`{data['name']}`", Path(data["data"]).stem, singles,
                      f"{data['members_mean_f']:.1f} ± {data['members_std_f']:.1f}", pair_text,
                      fmt_num(data["ensemble_f"]), f"{data['ensemble_f'] - data['members_mean_f']:+.1f}",
-                     f"{sum(agreement) / len(agreement):.3f}"])
+                     f"{sum(agreement) / len(agreement):.3f}",
+                     mean_std(distilled_students(runs, [m["model"] for m in data["members"]],
+                                                 Path(data["data"]).stem))])
     header = ["members (runs)", "split", "members alone (F1)", "mean ± std", "pair ensembles: gain",
-              "all members (F1)", "gain", "agreement"]
-    return lines + table(header, rows or [[NOT_RUN] * 8]) + [""]
+              "all members (F1)", "gain", "agreement", "distilled K=1 student (F1)"]
+    return lines + table(header, rows or [[NOT_RUN] * 9]) + [""]
 
 
 def tokenization_section(tokens: Optional[Dict[str, Any]], analyses: Sequence[Analysis]) -> List[str]:
@@ -1151,7 +1165,7 @@ def build_report(runs: List[Run], out: Path, plots: Path, make_plots: bool = Tru
 
     analyses = load_analyses(out_results, runs) if out_results is not None else []
     lines += experts_section(analyses) if out_results is not None else []
-    lines += ensembles_section(out_results)
+    lines += ensembles_section(out_results, runs)
     lines += tokenization_section(tokens, analyses)
     lines += labels_section(runs, quality, scale, test_quality)
     lines += speed_section(speed, profile, profiles)

@@ -87,6 +87,9 @@ class System:
     self_training: bool = True
     extra: Tuple[Tuple[str, str], ...] = ()  # further `spacy train` overrides (investigations)
     shared_stage_one: bool = False  # every expert trains on every document until teacher_start
+    # Distillation: the teacher, from step 1 and never refreshed, is the `merge` of this system's
+    # ALL_SEEDS runs of the same dataset and cap (built beside them on first use).
+    teacher_from: Optional[str] = None
 
 
 # `bond_case_affix`: configs/minilm_case.cfg with the full lexical features and a mixing layer.
@@ -246,6 +249,16 @@ SYSTEMS["bond_moe_case"] = System(
     "investigation: the default recipe (K=3, shared stage I, length groups) with the hashed 16-wide "
     "word-shape embedding beside MiniLM's vectors (configs/minilm_moe_case.cfg; `bond_case` is K=1)",
     n_experts=3, shared_stage_one=True)
+SYSTEMS["bond_grouped_distilled"] = System(
+    "bond_grouped_distilled", "configs/minilm.cfg",
+    "investigation: one K=1 student (`bond_grouped`'s recipe) trained only on the soft labels of "
+    "the merged seed ensemble of `bond_grouped` seeds 0-2 (teacher from step 1, never refreshed)",
+    n_experts=1, teacher_from="bond_grouped")
+SYSTEMS["bond_case_distilled"] = System(
+    "bond_case_distilled", "configs/minilm_case.cfg",
+    "investigation: one K=1 student (`bond_case`'s recipe) trained only on the pseudo-labels of "
+    "the merged seed ensemble of `bond_case` seeds 0-2 (teacher from step 1, never refreshed)",
+    n_experts=1, teacher_from="bond_case")
 # `default`: configs/minilm.cfg (shared_steps = teacher_start, length groups) is the
 # `bond_moe_grouped` command; `bond_moe_warmup` is the same recipe encoded in one call per batch.
 ALIASES: Dict[str, str] = {"wo_moe": "bond", "default": "bond_moe_grouped"}
@@ -256,7 +269,8 @@ INVESTIGATIONS: Tuple[str, ...] = ("bond_moe_head_lr3", "bond_moe_scope", "bond_
                                   "bond_filter_o", "bond_moe_ensemble", "bond_lr1e4", "minilm_fast",
                                   "bond_moe_warmup_buckets", "minilm_fast_fill_sentences",
                                   "bond_uncertain_o", "bond_proper_o", "bond_moe_grouped",
-                                  "bond_moe_grouped_frozen", "bond_grouped", "bond_moe_case")
+                                  "bond_moe_grouped_frozen", "bond_grouped", "bond_moe_case",
+                                  "bond_grouped_distilled", "bond_case_distilled")
 
 # --all: cheap first. Datasets by size × cap, then seeds, then systems by cost (CNN, no EM/teacher,
 # K=1, K=3), so every small dataset gets all its seeds before the expensive ones start.
@@ -320,6 +334,44 @@ def make_spec(dataset: str, system: str, seed: int, results: Path, runs: Path,
                    corpus_root / dataset, runs / name, results / f"{name}.json")
 
 
+def teacher_members(spec: RunSpec) -> List[Path]:
+    """The `model-best` folders merged into a distilled system's teacher (none otherwise)."""
+    member = SYSTEMS[spec.system].teacher_from
+    if member is None:
+        return []
+    suffix = spec.run_dir.name[len(run_name(spec.dataset, spec.system, spec.seed)):]
+    return [spec.run_dir.parent / (run_name(spec.dataset, member, seed) + suffix) / "model-best"
+            for seed in ALL_SEEDS]
+
+
+def teacher_dir(spec: RunSpec) -> Optional[Path]:
+    """Where a distilled system's merged teacher lives: beside its members' run folders."""
+    members = teacher_members(spec)
+    if not members:
+        return None
+    first = members[0].parent.name  # <dataset>__<member>__seed0[__<cap>steps]
+    return members[0].parent.with_name(first.replace(f"__seed{ALL_SEEDS[0]}", "__ensemble", 1))
+
+
+def ensure_teacher(spec: RunSpec) -> None:
+    """Merge the teacher's members (`python -m spacy_bond_moe merge`) unless already merged."""
+    target = teacher_dir(spec)
+    if target is None or target.exists():
+        return
+    members = teacher_members(spec)
+    missing = [m for m in members if not (m / "config.cfg").is_file()]
+    if missing:
+        member = SYSTEMS[spec.system].teacher_from
+        cap = "" if spec.max_steps == SCHEDULES[spec.dataset].max_steps else f" --max-steps {spec.max_steps}"
+        raise RunFailed(f"{spec.system} distils the seeds of {member}: {rel(missing[0])} is missing "
+                        f"(run `python benchmarks/run.py --dataset {spec.dataset} --system {member} "
+                        f"--seed N{cap}` for seeds {list(ALL_SEEDS)} first)")
+    from spacy_bond_moe.ensemble import merge_pipelines
+
+    print(f"[bench] merging the teacher {rel(target)} from {len(members)} runs", flush=True)
+    merge_pipelines(members, target)
+
+
 def build_overrides(spec: RunSpec) -> Dict[str, str]:
     """The `spacy train` config overrides of a run (EM/teacher keys only for bond_moe_ner configs).
 
@@ -350,6 +402,11 @@ def build_overrides(spec: RunSpec) -> Dict[str, str]:
             overrides[f"--components.{COMPONENT}.pseudo_labeller"] = json.dumps(HARD_PSEUDO_LABELS)
         if system.shared_stage_one:
             overrides["--training.before_update.shared_steps"] = str(schedule.teacher_start)
+        teacher = teacher_dir(spec)
+        if teacher is not None:
+            overrides.update({"--paths.teacher": rel(teacher),
+                              "--training.before_update.teacher_start": "1",
+                              "--training.before_update.teacher_refresh": "0"})
     overrides.update(dict(system.extra))
     return overrides
 
@@ -588,6 +645,7 @@ def run_one(spec: RunSpec, force: bool = False) -> str:
         return "skipped"
     system, schedule = SYSTEMS[spec.system], SCHEDULES[spec.dataset]
     ensure_corpus(spec.dataset, spec.corpus_dir)
+    ensure_teacher(spec)
     if spec.run_dir.exists():
         shutil.rmtree(spec.run_dir)  # a stale/partial run: spaCy's logger refuses existing logs
     spec.run_dir.mkdir(parents=True)
@@ -668,6 +726,10 @@ def run_one(spec: RunSpec, force: bool = False) -> str:
         "curve": curve,
         "events": em_events(spec.run_dir / EVENTS_LOG),
     }
+    if teacher_members(spec):
+        result["teacher"] = {"path": rel(teacher_dir(spec)),
+                             "members": [rel(m) for m in teacher_members(spec)],
+                             "members_sha256": [model_fingerprint(m) for m in teacher_members(spec)]}
     write_json_atomic(spec.result_path, result)
     f = eval_at_best["f"]
     print(f"[bench] wrote {spec.result_path}: {eval_split} F1 at dev-best "

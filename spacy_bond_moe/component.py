@@ -41,7 +41,8 @@ from .tags import (
     transition_mask,
     viterbi_decode,
 )
-from .teacher import PseudoLabeller, Targets, Teacher, build_soft_pseudo_labels_v1
+from .teacher import PseudoLabeller, Source, Targets, Teacher, build_soft_pseudo_labels_v1
+from .util import bond_pipe_name
 
 EXPERT_EXTENSION = "bond_moe_expert"
 Combine = Literal["mean", "weighted"]
@@ -247,9 +248,15 @@ class BondMoENER(TrainablePipe):
         *,
         nlp: Optional[Language] = None,
         labels: Optional[Sequence[str]] = None,
+        teacher: Optional[Path] = None,
     ) -> None:
         """Set labels, size the heads, deal the training documents to experts and let the
-        distant loss read the corpus (`uncertain_o = "proper"` counts its casing)."""
+        distant loss read the corpus (`uncertain_o = "proper"` counts its casing).
+
+        teacher (Optional[Path]): A trained pipeline (e.g. a `merge` of seeds) whose
+            `bond_moe_ner` is the first teacher of self-training instead of the student's
+            snapshot: the student is distilled from it (`adopt_teacher`).
+        """
         validate_get_examples(get_examples, "BondMoENER.initialize")
         examples = list(get_examples())
         if labels is not None:
@@ -265,6 +272,21 @@ class BondMoENER(TrainablePipe):
         self._int8.clear()
         self.router.deal([em.doc_key(eg.reference) for eg in examples])
         self.distant_loss.initialize(eg.predicted for eg in examples)
+        if teacher is not None:
+            self.adopt_teacher(teacher)
+
+    def adopt_teacher(self, path: Union[str, Path]) -> None:
+        """Load the pipeline at `path` and make its `bond_moe_ner` (any K, its own mixture)
+        the teacher of the first snapshot; its BIO tags must be this component's."""
+        path = Path(path)
+        if not (path / "config.cfg").is_file():
+            raise ValueError(f"[bond_moe_ner] teacher {path}: not a saved spaCy pipeline (no config.cfg)")
+        source_nlp = util.load_model(path)
+        pipe = source_nlp.get_pipe(bond_pipe_name(source_nlp, path))
+        if list(pipe.tags) != list(self.tags):
+            raise ValueError(f"[bond_moe_ner] teacher {path}: its labels {list(pipe.labels)} "
+                             f"differ from this component's {list(self.labels)}")
+        self.teacher.adopt(Source(str(path), pipe.model, pipe._encode, pipe.combine))
 
     # ---------------------------------------------------------------- predict
     def predict(self, docs: Iterable[Doc]) -> List[Floats3d]:
@@ -564,6 +586,8 @@ class BondMoENER(TrainablePipe):
     def load_training_state(self, state: Dict[str, Any]) -> None:
         """Restore what `training_state` returned (the weights come from `from_disk`)."""
         self.router.load_state(state["router"])
+        if "source" in state["teacher"] and self.teacher.source is None:
+            self.adopt_teacher(state["teacher"]["source"])
         self.teacher.load_state(state["teacher"], self.model)
         self.kept_labels = {str(k): numpy.asarray(v, dtype=bool)
                             for k, v in state["kept_labels"].items()}

@@ -12,16 +12,9 @@ from spacy.language import Language
 from thinc.api import Config
 
 from .architectures import merge_taggers
+from .util import bond_pipe_name
 
-FACTORY = "bond_moe_ner"
 PROBE = "Angela Merkel met Emmanuel Macron in Paris ."
-
-
-def _component(nlp: Language, path: Path) -> str:
-    names = [name for name in nlp.pipe_names if nlp.get_pipe_meta(name).factory == FACTORY]
-    if len(names) != 1:
-        raise ValueError(f"{path}: needs exactly one {FACTORY} component, found {len(names)}")
-    return names[0]
 
 
 def _model_block(nlp: Language, name: str) -> Dict[str, Any]:
@@ -34,9 +27,9 @@ def _model_block(nlp: Language, name: str) -> Dict[str, Any]:
 
 def check_members(members: Sequence[Path], nlps: Sequence[Language]) -> str:
     """The shared component name; one-line ValueError naming the member that does not fit."""
-    first, name = nlps[0], _component(nlps[0], members[0])
+    first, name = nlps[0], bond_pipe_name(nlps[0], members[0])
     for path, nlp in zip(members, nlps):
-        if _component(nlp, path) != name or nlp.pipe_names != first.pipe_names:
+        if bond_pipe_name(nlp, path) != name or nlp.pipe_names != first.pipe_names:
             raise ValueError(f"{path}: its pipeline {nlp.pipe_names} differs from "
                              f"{members[0]}'s {first.pipe_names}")
         pipe = nlp.get_pipe(name)

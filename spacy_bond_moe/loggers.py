@@ -19,8 +19,9 @@ def format_event(event: Dict[str, Any]) -> str:
             f"sinkhorn residual {event['sinkhorn_residual']:.1e}, {event['seconds']:.1f}s"
         )
     if event["event"] == "teacher":
+        what = f"teacher {event['source']} adopted" if event.get("source") else "teacher refreshed"
         return (
-            f"[bond_moe] teacher refreshed @ step {event['step']}: {event['n_docs']} docs, "
+            f"[bond_moe] {what} @ step {event['step']}: {event['n_docs']} docs, "
             f"kept {event['kept_fraction']:.1%} of {event['n_tokens']} tokens, {event['seconds']:.1f}s"
         )
     if event["event"] == "label_filter":

@@ -2,6 +2,7 @@
 its cached targets."""
 import copy
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy
@@ -29,14 +30,18 @@ def _torch_modules(model: Model):
                 yield torch_model
 
 
-def snapshot(model: Model) -> Model:
-    """A frozen deep copy of the student (never `Model.copy()`: it breaks transformers)."""
-    teacher = copy.deepcopy(model)
-    for torch_model in _torch_modules(teacher):
+def freeze(model: Model) -> Model:
+    """`model` with its PyTorch modules in eval mode and without gradients, in place."""
+    for torch_model in _torch_modules(model):
         torch_model.eval()
         for param in torch_model.parameters():
             param.requires_grad_(False)
-    return teacher
+    return model
+
+
+def snapshot(model: Model) -> Model:
+    """A frozen deep copy of the student (never `Model.copy()`: it breaks transformers)."""
+    return freeze(copy.deepcopy(model))
 
 
 def refresh(teacher: Model, student: Model) -> None:
@@ -99,16 +104,30 @@ def build_hard_pseudo_labels_v1() -> PseudoLabeller:
     return label
 
 
+Combine = Callable[[Floats3d], numpy.ndarray]
+
+
+@dataclass
+class Source:
+    """A trained pipeline's tagger adopted as the first teacher (distillation): where it
+    was loaded from, its frozen model and its own encoding and mixture."""
+
+    path: str
+    model: Model
+    encode: Encode
+    combine: Combine
+
+
 class Teacher:
     """The self-training state: frozen model, corpus class frequencies, cached targets.
 
     combine (Callable): one document's (n, K, C) expert probabilities -> (n, C) mixture.
     encode (Callable): (model, docs) -> each doc's (n, K, C) probabilities under `model`.
-    Never serialised; inactive until the first `snapshot`.
+    Never serialised; inactive until the first `snapshot`. With a `source` (`adopt`), the
+    first snapshot takes the source instead of the student; later refreshes copy the student.
     """
 
-    def __init__(self, labeller: PseudoLabeller, combine: Callable[[Floats3d], numpy.ndarray],
-                 encode: Encode) -> None:
+    def __init__(self, labeller: PseudoLabeller, combine: Combine, encode: Encode) -> None:
         self.labeller = labeller
         self.combine = combine
         self.encode = encode
@@ -116,6 +135,13 @@ class Teacher:
         self.freq: Optional[numpy.ndarray] = None
         self.targets: Dict[str, Targets] = {}
         self.step: Optional[int] = None
+        self.source: Optional[Source] = None
+        self.sourced = False  # whether `model` is the source's
+
+    def adopt(self, source: Source) -> None:
+        """Make `source` the teacher of the first snapshot (its model is frozen here)."""
+        freeze(source.model)
+        self.source = source
 
     @property
     def active(self) -> bool:
@@ -130,26 +156,34 @@ class Teacher:
         resuming a training run; inactive: only the step."""
         if self.model is None:
             return {"step": self.step}
-        return {
+        state: Dict[str, Any] = {
             "step": self.step,
-            "model": self.model.to_bytes(),
             "freq": self.freq,
             "targets": {key: {"q": q, "keep": keep} for key, (q, keep) in self.targets.items()},
         }
+        if self.sourced:  # the weights are the source pipeline's files: its path suffices
+            assert self.source is not None
+            state["source"] = self.source.path
+        else:
+            state["model"] = self.model.to_bytes()
+        return state
 
     def load_state(self, state: Dict[str, Any], student: Model) -> None:
-        """Restore what `state` returned; the teacher's network is built as a copy of the
-        student's and then given the saved weights."""
+        """Restore what `state` returned; the teacher's network is the adopted source (which
+        must be adopted first), or a copy of the student's given the saved weights."""
+        if "source" in state and (self.source is None or self.source.path != state["source"]):
+            raise ValueError(f"[bond_moe_ner] the saved teacher is the pipeline {state['source']}, "
+                             "which was not adopted")
         self.step = state["step"]
-        if "model" not in state:
+        self.sourced = "source" in state
+        if self.sourced:
+            assert self.source is not None
+            self.model = self.source.model
+        elif "model" in state:
+            self.model = freeze(snapshot(student).from_bytes(state["model"]))
+        else:
             self.model, self.freq, self.targets = None, None, {}
             return
-        self.model = snapshot(student)
-        self.model.from_bytes(state["model"])
-        for torch_model in _torch_modules(self.model):
-            torch_model.eval()
-            for param in torch_model.parameters():
-                param.requires_grad_(False)
         self.freq = numpy.asarray(state["freq"])
         self.targets = {str(key): (numpy.asarray(t["q"]), numpy.asarray(t["keep"], dtype=bool))
                         for key, t in state["targets"].items()}
@@ -157,17 +191,23 @@ class Teacher:
     def mixtures(self, docs: List[Doc]) -> List[numpy.ndarray]:
         """Each document's (n, C) mixture under the teacher."""
         assert self.model is not None
+        if self.sourced:
+            assert self.source is not None
+            return [self.source.combine(p) for p in self.source.encode(self.model, docs)]
         return [self.combine(p) for p in self.encode(self.model, docs)]
 
     def snapshot(
         self, student: Model, batches: Iterable[Tuple[List[str], List[Doc]]], n_tags: int,
         step: Optional[int] = None,
     ) -> Dict[str, Any]:
-        """Freeze (or refresh) the teacher from the student and cache its targets for the
-        corpus, with corpus-level class frequencies; returns the event to log."""
+        """Freeze (or refresh) the teacher from the student (the first time: from the adopted
+        source, if any) and cache its targets for the corpus, with corpus-level class
+        frequencies; returns the event to log."""
         started = time.perf_counter()
-        if self.model is None:
-            self.model = snapshot(student)
+        if self.model is None and self.source is not None:
+            self.model, self.sourced = self.source.model, True
+        elif self.model is None or self.sourced:
+            self.model, self.sourced = snapshot(student), False
         else:
             refresh(self.model, student)
         keys: List[str] = []
@@ -190,6 +230,7 @@ class Teacher:
         return {
             "event": "teacher",
             "step": step,
+            "source": self.source.path if self.sourced and self.source is not None else None,
             "n_docs": len(keys),
             "n_tokens": int(all_tokens.shape[0]),
             "kept_fraction": n_kept / max(all_tokens.shape[0], 1),

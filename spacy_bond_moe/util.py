@@ -1,13 +1,15 @@
 """Small shared helpers: fresh node ids for copied models, the default encoder path,
-integer checks for config values, the one-line input error."""
+integer checks for config values, the one-line input error, a pipeline's `bond_moe_ner`."""
 from pathlib import Path
 from typing import Any, Optional
 
+from spacy.language import Language
 from spacy.util import registry
 from thinc.api import Model
 from thinc.shims.shim import Shim
 
 MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+FACTORY = "bond_moe_ner"
 
 
 def set_fresh_ids(model: Model) -> Model:
@@ -64,3 +66,12 @@ class InputError(ValueError):
     def __init__(self, path: Path, problem: str, line: Optional[int] = None) -> None:
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {problem}")
+
+
+def bond_pipe_name(nlp: Language, path: Path) -> str:
+    """The name of the pipeline's one `bond_moe_ner` component; one-line ValueError naming
+    `path` (where the pipeline was loaded from) if it has none or several."""
+    names = [name for name in nlp.pipe_names if nlp.get_pipe_meta(name).factory == FACTORY]
+    if len(names) != 1:
+        raise ValueError(f"{path}: needs exactly one {FACTORY} component, found {len(names)}")
+    return names[0]

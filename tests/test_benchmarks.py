@@ -378,6 +378,31 @@ def test_report_experts_section_and_run_file_names(tmp_path):
     assert "| `experts__webpage__bond_moe__seed1__test.json` | 40.0 / 10.0 | 50.0 | 70.0 | 0-1: 0.75 / 0.25 | 3 (3) / 3 (0) |" in text
 
 
+def test_distilled_system_merges_its_members_seeds_at_the_same_cap(tmp_path):
+    spec = spec_for(tmp_path, "webpage", "bond_grouped_distilled", max_steps=1200)
+    opts = options(run.build_command(spec))
+    runs = tmp_path / "runs"
+    assert run.teacher_members(spec) == [runs / f"webpage__bond_grouped__seed{s}__1200steps" / "model-best"
+                                         for s in (0, 1, 2)]
+    assert run.teacher_dir(spec) == runs / "webpage__bond_grouped__ensemble__1200steps"
+    assert opts["--paths.teacher"] == str(runs / "webpage__bond_grouped__ensemble__1200steps")
+    assert (opts["--training.before_update.teacher_start"],
+            opts["--training.before_update.teacher_refresh"]) == ("1", "0")
+    assert opts["--components.bond_moe_ner.model.n_experts"] == "1"
+    case = spec_for(tmp_path, "twitter", "bond_case_distilled")
+    assert run.teacher_dir(case) == runs / "twitter__bond_case__ensemble"
+    assert json.loads(options(run.build_command(case))["--components.bond_moe_ner.pseudo_labeller"]) == {
+        "@misc": "spacy-bond-moe.hard_pseudo_labels.v1"}
+    assert run.teacher_dir(spec_for(tmp_path, "webpage", "bond_grouped")) is None
+    assert "--paths.teacher" not in options(run.build_command(spec_for(tmp_path, "webpage", "bond_grouped")))
+    with pytest.raises(run.RunFailed, match=r"distils the seeds of bond_grouped: .*seed0__1200steps/"
+                                            r"model-best is missing \(run `python benchmarks/run.py "
+                                            r"--dataset webpage --system bond_grouped --seed N --max-steps 1200` "
+                                            r"for seeds \[0, 1, 2\] first\)"):
+        run.ensure_teacher(spec)
+    assert not run.teacher_dir(spec).exists()
+
+
 def test_investigation_system_adds_its_overrides(tmp_path):
     spec = spec_for(tmp_path, "webpage", "bond_moe_head_lr3")
     opts = options(run.build_command(spec))

@@ -1,4 +1,5 @@
-"""`merge`: K=1 pipelines trained with different seeds become the experts of one pipeline."""
+"""`merge`: K=1 pipelines trained with different seeds become the experts of one pipeline,
+and a K=1 student distils the merged pipeline as its teacher."""
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,7 +11,9 @@ from thinc.api import Config
 from typer.testing import CliRunner
 
 from spacy_bond_moe.cli import app
+from spacy_bond_moe.em import doc_key
 from spacy_bond_moe.ensemble import merge_pipelines
+from spacy_bond_moe.teacher import class_frequencies, soft_labels
 
 from .conftest import TRAIN_DATA, cnn_moe_model, make_examples, trf_tok2vec_config
 
@@ -105,3 +108,69 @@ def test_merge_cli(members, tmp_path):
     result = CliRunner().invoke(app, ["merge", str(tmp_path / "m"), *map(str, members[:2])])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: {tmp_path / 'm'}: already exists"]
+
+
+def student_config(teacher: Optional[Path]) -> Config:
+    """A K=1 CNN pipeline whose `[initialize.components.bond_moe_ner]` names `teacher`."""
+    config = Config({
+        "nlp": {"lang": "en", "pipeline": ["bond_moe_ner"]},
+        "components": {"bond_moe_ner": {"factory": "bond_moe_ner", "model": cnn_moe_model(1)}},
+    })
+    config["initialize"] = {"components": {"bond_moe_ner": {"teacher": None if teacher is None else str(teacher)}}}
+    return config
+
+
+def test_student_distils_the_merged_ensemble(members, tmp_path):
+    merge_pipelines(members, tmp_path / "merged")
+    nlp = spacy.util.load_model_from_config(student_config(tmp_path / "merged"), auto_fill=True)
+    examples = make_examples(nlp)
+    optimizer = nlp.initialize(lambda: examples)  # reads [initialize.components]
+    pipe = nlp.get_pipe("bond_moe_ner")
+    assert pipe.n_experts == 1 and pipe.teacher.source.path == str(tmp_path / "merged")
+    assert not pipe.teacher.active  # adopted, used from the first snapshot on
+    event = pipe.snapshot_teacher(examples, nlp=nlp, step=1)
+    assert event["source"] == str(tmp_path / "merged") and pipe.teacher.sourced
+    # The targets are BOND's soft labels of the members' mean, not of the student.
+    alone = [spacy.load(m) for m in members]
+    means = [numpy.mean([probs(a, eg.reference.text)[:, 0] for a in alone], axis=0)
+             for eg in examples]
+    freq = class_frequencies(numpy.concatenate(means))
+    for eg, mean in zip(examples, means):
+        q, keep = pipe.teacher.targets[doc_key(eg.reference)]
+        expected_q, expected_keep = soft_labels(mean, freq)
+        assert numpy.allclose(q, expected_q, atol=2e-3) and (keep == expected_keep).all()
+    losses = [nlp.update(examples, sgd=optimizer)["bond_moe_ner"] for _ in range(4)]
+    assert losses[-1] < losses[0]  # soft cross-entropy on the ensemble's targets
+    # Resuming: the state names the source instead of holding its weights; a fresh component
+    # adopts it again and has the same targets.
+    state = pipe.training_state()
+    assert state["teacher"]["source"] == str(tmp_path / "merged") and "model" not in state["teacher"]
+    fresh = spacy.util.load_model_from_config(student_config(None), auto_fill=True)
+    fresh.initialize(lambda: examples)
+    fresh_pipe = fresh.get_pipe("bond_moe_ner")
+    fresh_pipe.load_training_state(state)
+    assert fresh_pipe.teacher.sourced and fresh_pipe.teacher.model is fresh_pipe.teacher.source.model
+    for key, (q, keep) in pipe.teacher.targets.items():
+        assert numpy.array_equal(fresh_pipe.teacher.targets[key][0], q)
+    # A refresh after the source copies the student, as in BOND.
+    pipe.snapshot_teacher(examples, nlp=nlp, step=5)
+    assert not pipe.teacher.sourced and pipe.teacher.model is not pipe.teacher.source.model
+    doc = nlp.make_doc(TEXTS[0])
+    assert numpy.allclose(pipe.teacher.mixtures([doc])[0], pipe.combine(pipe.predict([doc])[0]))
+    assert "model" in pipe.training_state()["teacher"]
+
+
+def test_teacher_that_does_not_fit_is_refused(members, tmp_path):
+    only_loc = [(t, [e for e in ents if e[2] == "LOC"]) for t, ents in TRAIN_DATA]
+    other = train_member(tmp_path / "loc", 0, data=only_loc, steps=1)
+    nlp = spacy.util.load_model_from_config(student_config(other), auto_fill=True)
+    examples = make_examples(nlp)
+    with pytest.raises(ValueError, match=r"teacher .*loc: its labels \['LOC'\] differ from "
+                                         r"this component's \['LOC', 'ORG', 'PER'\]"):
+        nlp.initialize(lambda: examples)
+    pipe = nlp.get_pipe("bond_moe_ner")
+    with pytest.raises(ValueError, match="not a saved spaCy pipeline"):
+        pipe.adopt_teacher(tmp_path)
+    state = {"step": 1, "source": str(members[0]), "freq": [1.0], "targets": {}}
+    with pytest.raises(ValueError, match="was not adopted"):
+        pipe.teacher.load_state(state, pipe.model)

@@ -131,6 +131,7 @@ def test_resume_refuses_other_overrides_and_missing_state(corpus, tmp_path):
     (("--paths.train", "{c}/noents.spacy", "--initialize.components",
       '{{"bond_moe_ner": {{"labels": ["PER", "LOC"]}}}}'),
      "noents.spacy (1 documents) has no entities: there is nothing to learn"),
+    (("--paths.teacher", "{c}"), "teacher {c}: not a saved spaCy pipeline (no config.cfg)"),
     (("--components.bond_moe_ner.model.n_experts", '"3"'), "n_experts must be an integer >= 1, got '3' (str)"),
     (("--components.bond_moe_ner.model.n_experts", "0"), "n_experts must be an integer >= 1, got 0"),
     (("--components.bond_moe_ner.assigner.lam", "0"), "assigner lam must be > 0, got 0"),
@@ -142,7 +143,7 @@ def test_bad_runs_stop_before_training_with_one_line(corpus, tmp_path, override,
     extra = tuple(value.format(c=corpus) for value in override)
     proc = run(command(corpus, out, extra=extra))
     assert proc.returncode == 1
-    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert message.format(c=corpus) in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not (out / "model-best").exists() and not (out / "model-last").exists()
 
 
