@@ -334,23 +334,26 @@ def make_spec(dataset: str, system: str, seed: int, results: Path, runs: Path,
                    corpus_root / dataset, runs / name, results / f"{name}.json")
 
 
+def cap_suffix(spec: RunSpec) -> str:
+    """The run name's step-cap suffix: "" at the suite's cap, else "__<N>steps"."""
+    return spec.run_dir.name[len(run_name(spec.dataset, spec.system, spec.seed)):]
+
+
 def teacher_members(spec: RunSpec) -> List[Path]:
     """The `model-best` folders merged into a distilled system's teacher (none otherwise)."""
     member = SYSTEMS[spec.system].teacher_from
     if member is None:
         return []
-    suffix = spec.run_dir.name[len(run_name(spec.dataset, spec.system, spec.seed)):]
-    return [spec.run_dir.parent / (run_name(spec.dataset, member, seed) + suffix) / "model-best"
+    return [spec.run_dir.parent / (run_name(spec.dataset, member, seed) + cap_suffix(spec)) / "model-best"
             for seed in ALL_SEEDS]
 
 
 def teacher_dir(spec: RunSpec) -> Optional[Path]:
     """Where a distilled system's merged teacher lives: beside its members' run folders."""
-    members = teacher_members(spec)
-    if not members:
+    member = SYSTEMS[spec.system].teacher_from
+    if member is None:
         return None
-    first = members[0].parent.name  # <dataset>__<member>__seed0[__<cap>steps]
-    return members[0].parent.with_name(first.replace(f"__seed{ALL_SEEDS[0]}", "__ensemble", 1))
+    return spec.run_dir.parent / f"{spec.dataset}__{member}__ensemble{cap_suffix(spec)}"
 
 
 def ensure_teacher(spec: RunSpec) -> None:
@@ -726,10 +729,10 @@ def run_one(spec: RunSpec, force: bool = False) -> str:
         "curve": curve,
         "events": em_events(spec.run_dir / EVENTS_LOG),
     }
-    if teacher_members(spec):
-        result["teacher"] = {"path": rel(teacher_dir(spec)),
-                             "members": [rel(m) for m in teacher_members(spec)],
-                             "members_sha256": [model_fingerprint(m) for m in teacher_members(spec)]}
+    members = teacher_members(spec)
+    if members:
+        result["teacher"] = {"path": rel(teacher_dir(spec)), "members": [rel(m) for m in members],
+                             "members_sha256": [model_fingerprint(m) for m in members]}
     write_json_atomic(spec.result_path, result)
     f = eval_at_best["f"]
     print(f"[bench] wrote {spec.result_path}: {eval_split} F1 at dev-best "
