@@ -863,9 +863,9 @@ def stage_figures(run: Run) -> Optional[Dict[str, Optional[float]]]:
     """Dev F1 (%) at the last evaluation before the first teacher and the best one after it,
     the first teacher's kept token fraction and the share of documents the E-step at that
     refresh re-routed (None for a run without a teacher, or distilled from step 1: no stage I)."""
-    start = (run.get("schedule") or {}).get("teacher_start")
     if run.get("teacher"):
         return None
+    start = (run.get("schedule") or {}).get("teacher_start")
     events = events_of(run)
     teachers = [e for e in events if e.get("event") == "teacher"]
     if not start or not teachers:

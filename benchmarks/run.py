@@ -356,23 +356,43 @@ def teacher_dir(spec: RunSpec) -> Optional[Path]:
     return spec.run_dir.parent / f"{spec.dataset}__{member}__ensemble{cap_suffix(spec)}"
 
 
-def ensure_teacher(spec: RunSpec) -> None:
-    """Merge the teacher's members (`python -m spacy_bond_moe merge`) unless already merged."""
+def teacher_receipt(target: Path) -> Path:
+    """The JSON beside a merged teacher naming its members and their weights' fingerprints."""
+    return target.with_name(target.name + ".members.json")
+
+
+def ensure_teacher(spec: RunSpec) -> Optional[Dict[str, Any]]:
+    """Merge the teacher's members (`python -m spacy_bond_moe merge`) unless already merged
+    from the members' current weights; returns the teacher's receipt (None: not distilled)."""
     target = teacher_dir(spec)
-    if target is None or target.exists():
-        return
+    if target is None:
+        return None
     members = teacher_members(spec)
+    member = SYSTEMS[spec.system].teacher_from
     missing = [m for m in members if not (m / "config.cfg").is_file()]
     if missing:
-        member = SYSTEMS[spec.system].teacher_from
-        cap = "" if spec.max_steps == SCHEDULES[spec.dataset].max_steps else f" --max-steps {spec.max_steps}"
+        cap = f" --max-steps {spec.max_steps}" if cap_suffix(spec) else ""
         raise RunFailed(f"{spec.system} distils the seeds of {member}: {rel(missing[0])} is missing "
                         f"(run `python benchmarks/run.py --dataset {spec.dataset} --system {member} "
                         f"--seed N{cap}` for seeds {list(ALL_SEEDS)} first)")
+    receipt = {"members": [rel(m) for m in members],
+               "members_sha256": [model_fingerprint(m) for m in members]}
+    path = teacher_receipt(target)
+    if target.exists():
+        saved = json.loads(path.read_text(encoding="utf8")) if path.is_file() else None
+        if saved != receipt:
+            raise RunFailed(f"{rel(target)} was not merged from the current {member} runs "
+                            f"({rel(path)} {'differs' if saved else 'is missing'}): delete it to merge again")
+        return receipt
     from spacy_bond_moe.ensemble import merge_pipelines
 
     print(f"[bench] merging the teacher {rel(target)} from {len(members)} runs", flush=True)
-    merge_pipelines(members, target)
+    try:
+        merge_pipelines(members, target)
+    except ValueError as err:
+        raise RunFailed(f"merging the teacher {rel(target)}: {err}") from None
+    write_json_atomic(path, receipt)
+    return receipt
 
 
 def build_overrides(spec: RunSpec) -> Dict[str, str]:
@@ -648,7 +668,7 @@ def run_one(spec: RunSpec, force: bool = False) -> str:
         return "skipped"
     system, schedule = SYSTEMS[spec.system], SCHEDULES[spec.dataset]
     ensure_corpus(spec.dataset, spec.corpus_dir)
-    ensure_teacher(spec)
+    receipt = ensure_teacher(spec)
     if spec.run_dir.exists():
         shutil.rmtree(spec.run_dir)  # a stale/partial run: spaCy's logger refuses existing logs
     spec.run_dir.mkdir(parents=True)
@@ -729,10 +749,9 @@ def run_one(spec: RunSpec, force: bool = False) -> str:
         "curve": curve,
         "events": em_events(spec.run_dir / EVENTS_LOG),
     }
-    members = teacher_members(spec)
-    if members:
-        result["teacher"] = {"path": rel(teacher_dir(spec)), "members": [rel(m) for m in members],
-                             "members_sha256": [model_fingerprint(m) for m in members]}
+    if receipt is not None:
+        result["teacher"] = {"path": rel(teacher_dir(spec)),
+                             "sha256": model_fingerprint(teacher_dir(spec)), **receipt}
     write_json_atomic(spec.result_path, result)
     f = eval_at_best["f"]
     print(f"[bench] wrote {spec.result_path}: {eval_split} F1 at dev-best "

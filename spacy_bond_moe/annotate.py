@@ -17,6 +17,7 @@ from .converters import DOC_ID_KEY
 from .distant import MAX_LINE_CHARS, LabelSummary, detect_input_format, read_shard_docs
 from .engines import JobReport, run_job
 from .shards import Shard, input_files, sha256_file
+from .util import FACTORY
 
 OutputFormat = Literal["spacy", "jsonl"]
 OUTPUT_FORMATS = ("spacy", "jsonl")
@@ -40,7 +41,7 @@ def model_fingerprint(model: str) -> str:
 def spans_key(nlp: Language) -> Optional[str]:
     """The `spans_key` of the pipeline's bond_moe_ner component (None without one)."""
     for name in nlp.pipe_names:
-        if nlp.get_pipe_meta(name).factory == "bond_moe_ner":
+        if nlp.get_pipe_meta(name).factory == FACTORY:
             return nlp.get_pipe(name).cfg.get("spans_key", "bond_moe")
     return None
 

@@ -3,7 +3,7 @@ import copy
 import random
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import numpy
 from spacy.tokens import Doc
@@ -13,6 +13,9 @@ from thinc.types import Floats2d, Floats3d, Ints1d, Ragged
 
 from .tags import blank_mask
 from .util import require_int, set_fresh_ids
+
+if TYPE_CHECKING:  # the annotation only; torch is imported where the encoder needs it
+    import torch
 
 # Encoders that read annotations an upstream component set on the very same Doc objects.
 LISTENER_NAMES = ("tok2vec-listener", "transformer-listener")

@@ -586,8 +586,9 @@ class BondMoENER(TrainablePipe):
     def load_training_state(self, state: Dict[str, Any]) -> None:
         """Restore what `training_state` returned (the weights come from `from_disk`)."""
         self.router.load_state(state["router"])
-        if "source" in state["teacher"] and self.teacher.source is None:
-            self.adopt_teacher(state["teacher"]["source"])
+        adopted = state["teacher"].get("adopted")
+        if adopted is not None and self.teacher.source is None:  # `initialize` did not run
+            self.adopt_teacher(adopted)
         self.teacher.load_state(state["teacher"], self.model)
         self.kept_labels = {str(k): numpy.asarray(v, dtype=bool)
                             for k, v in state["kept_labels"].items()}

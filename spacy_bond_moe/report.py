@@ -24,9 +24,8 @@ from .converters import DOC_ID_KEY
 from .fetch import write_atomic
 from .losses import EPS
 from .tags import tags_to_spans, transition_mask, viterbi_decode
-from .util import InputError
+from .util import FACTORY, InputError
 
-FACTORY = "bond_moe_ner"
 EVENTS_FILE = "bond_moe_events.jsonl"
 Spans = Set[Tuple[int, int, str]]
 

@@ -123,8 +123,9 @@ class Teacher:
 
     combine (Callable): one document's (n, K, C) expert probabilities -> (n, C) mixture.
     encode (Callable): (model, docs) -> each doc's (n, K, C) probabilities under `model`.
-    Never serialised; inactive until the first `snapshot`. With a `source` (`adopt`), the
-    first snapshot takes the source instead of the student; later refreshes copy the student.
+    Inactive until the first `snapshot`; `state`/`load_state` save and restore it for resuming.
+    With a `source` (`adopt`), the first snapshot takes the source instead of the student; a
+    later refresh copies the student and lets the source go.
     """
 
     def __init__(self, labeller: PseudoLabeller, combine: Combine, encode: Encode) -> None:
@@ -153,17 +154,16 @@ class Teacher:
 
     def state(self) -> Dict[str, Any]:
         """The teacher as msgpack-able data (weights, frequencies, cached targets), for
-        resuming a training run; inactive: only the step."""
+        resuming a training run; inactive: the step and the adopted source's path, if any."""
+        state: Dict[str, Any] = {"step": self.step}
+        if self.source is not None:  # adopted, in use or still to come: its path suffices
+            state["adopted"] = self.source.path
         if self.model is None:
-            return {"step": self.step}
-        state: Dict[str, Any] = {
-            "step": self.step,
-            "freq": self.freq,
-            "targets": {key: {"q": q, "keep": keep} for key, (q, keep) in self.targets.items()},
-        }
-        if self.sourced:  # the weights are the source pipeline's files: its path suffices
-            assert self.source is not None
-            state["source"] = self.source.path
+            return state
+        state["freq"] = self.freq
+        state["targets"] = {key: {"q": q, "keep": keep} for key, (q, keep) in self.targets.items()}
+        if self.sourced:  # the weights are the source pipeline's files
+            state["source"] = True
         else:
             state["model"] = self.model.to_bytes()
         return state
@@ -171,11 +171,14 @@ class Teacher:
     def load_state(self, state: Dict[str, Any], student: Model) -> None:
         """Restore what `state` returned; the teacher's network is the adopted source (which
         must be adopted first), or a copy of the student's given the saved weights."""
-        if "source" in state and (self.source is None or self.source.path != state["source"]):
-            raise ValueError(f"[bond_moe_ner] the saved teacher is the pipeline {state['source']}, "
+        adopted = state.get("adopted")
+        if adopted is not None and (self.source is None or self.source.path != adopted):
+            raise ValueError(f"[bond_moe_ner] the saved teacher is the pipeline {adopted}, "
                              "which was not adopted")
+        if adopted is None:  # never adopted, or let go at a refresh
+            self.source = None
         self.step = state["step"]
-        self.sourced = "source" in state
+        self.sourced = bool(state.get("source"))
         if self.sourced:
             assert self.source is not None
             self.model = self.source.model
@@ -207,7 +210,7 @@ class Teacher:
         if self.model is None and self.source is not None:
             self.model, self.sourced = self.source.model, True
         elif self.model is None or self.sourced:
-            self.model, self.sourced = snapshot(student), False
+            self.model, self.sourced, self.source = snapshot(student), False, None
         else:
             refresh(self.model, student)
         keys: List[str] = []

@@ -9,7 +9,8 @@ from typing import Any, Dict, List
 import srsly
 from thinc.api import Config
 
-FACTORY = "bond_moe_ner"
+from .util import FACTORY
+
 CFG_KEYS = ("labels", "spans_key", "combine", "expert_prior")  # the component's cfg file
 OLD_KEYS = ("fair", "sinkhorn_lambda", "sinkhorn_max_iter", "sinkhorn_tol", "self_training",
             "sharpen_power", "soft_threshold", "gce_q", "o_drop", "estep_scope", "shared_warmup",

@@ -401,6 +401,21 @@ def test_distilled_system_merges_its_members_seeds_at_the_same_cap(tmp_path):
                                             r"for seeds \[0, 1, 2\] first\)"):
         run.ensure_teacher(spec)
     assert not run.teacher_dir(spec).exists()
+    # A teacher already merged is reused only while its members' weights are the ones merged.
+    for member in run.teacher_members(spec):
+        member.mkdir(parents=True)
+        (member / "config.cfg").write_text("[nlp]\n")
+    run.teacher_dir(spec).mkdir()
+    with pytest.raises(run.RunFailed, match=r"ensemble__1200steps was not merged from the current "
+                                            r"bond_grouped runs \(.*members.json is missing\): delete it"):
+        run.ensure_teacher(spec)
+    receipt = {"members": [run.rel(m) for m in run.teacher_members(spec)],
+               "members_sha256": [run.model_fingerprint(m) for m in run.teacher_members(spec)]}
+    run.write_json_atomic(run.teacher_receipt(run.teacher_dir(spec)), receipt)
+    assert run.ensure_teacher(spec) == receipt
+    (run.teacher_members(spec)[1] / "config.cfg").write_text("[nlp]\nlang = \"en\"\n")  # retrained
+    with pytest.raises(run.RunFailed, match=r"members.json differs\): delete it to merge again"):
+        run.ensure_teacher(spec)
 
 
 def test_investigation_system_adds_its_overrides(tmp_path):

@@ -128,6 +128,16 @@ def test_student_distils_the_merged_ensemble(members, tmp_path):
     pipe = nlp.get_pipe("bond_moe_ner")
     assert pipe.n_experts == 1 and pipe.teacher.source.path == str(tmp_path / "merged")
     assert not pipe.teacher.active  # adopted, used from the first snapshot on
+    # Resumed before the first snapshot (spaCy saves at step 0): `initialize` does not run
+    # again, the state alone names the source, and the first snapshot still takes it.
+    early = pipe.training_state()["teacher"]
+    assert early == {"step": None, "adopted": str(tmp_path / "merged")}
+    resumed = spacy.util.load_model_from_config(student_config(None), auto_fill=True)
+    resumed.initialize(lambda: examples)
+    resumed_pipe = resumed.get_pipe("bond_moe_ner")
+    resumed_pipe.load_training_state(pipe.training_state())
+    assert not resumed_pipe.teacher.active
+    assert resumed_pipe.snapshot_teacher(examples, nlp=resumed, step=1)["source"] == str(tmp_path / "merged")
     event = pipe.snapshot_teacher(examples, nlp=nlp, step=1)
     assert event["source"] == str(tmp_path / "merged") and pipe.teacher.sourced
     # The targets are BOND's soft labels of the members' mean, not of the student.
@@ -144,7 +154,8 @@ def test_student_distils_the_merged_ensemble(members, tmp_path):
     # Resuming: the state names the source instead of holding its weights; a fresh component
     # adopts it again and has the same targets.
     state = pipe.training_state()
-    assert state["teacher"]["source"] == str(tmp_path / "merged") and "model" not in state["teacher"]
+    assert state["teacher"]["adopted"] == str(tmp_path / "merged") and state["teacher"]["source"]
+    assert "model" not in state["teacher"]
     fresh = spacy.util.load_model_from_config(student_config(None), auto_fill=True)
     fresh.initialize(lambda: examples)
     fresh_pipe = fresh.get_pipe("bond_moe_ner")
@@ -152,12 +163,17 @@ def test_student_distils_the_merged_ensemble(members, tmp_path):
     assert fresh_pipe.teacher.sourced and fresh_pipe.teacher.model is fresh_pipe.teacher.source.model
     for key, (q, keep) in pipe.teacher.targets.items():
         assert numpy.array_equal(fresh_pipe.teacher.targets[key][0], q)
-    # A refresh after the source copies the student, as in BOND.
+    # A refresh after the source copies the student, as in BOND, and lets the source go.
+    source_model = pipe.teacher.model
     pipe.snapshot_teacher(examples, nlp=nlp, step=5)
-    assert not pipe.teacher.sourced and pipe.teacher.model is not pipe.teacher.source.model
+    assert not pipe.teacher.sourced and pipe.teacher.source is None
+    assert pipe.teacher.model is not source_model
     doc = nlp.make_doc(TEXTS[0])
     assert numpy.allclose(pipe.teacher.mixtures([doc])[0], pipe.combine(pipe.predict([doc])[0]))
-    assert "model" in pipe.training_state()["teacher"]
+    state = pipe.training_state()["teacher"]
+    assert "model" in state and "adopted" not in state
+    fresh_pipe.load_training_state(pipe.training_state())
+    assert fresh_pipe.teacher.source is None and not fresh_pipe.teacher.sourced
 
 
 def test_teacher_that_does_not_fit_is_refused(members, tmp_path):
@@ -171,6 +187,6 @@ def test_teacher_that_does_not_fit_is_refused(members, tmp_path):
     pipe = nlp.get_pipe("bond_moe_ner")
     with pytest.raises(ValueError, match="not a saved spaCy pipeline"):
         pipe.adopt_teacher(tmp_path)
-    state = {"step": 1, "source": str(members[0]), "freq": [1.0], "targets": {}}
+    state = {"step": 1, "adopted": str(members[0]), "source": True, "freq": [1.0], "targets": {}}
     with pytest.raises(ValueError, match="was not adopted"):
         pipe.teacher.load_state(state, pipe.model)
